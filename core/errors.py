@@ -61,6 +61,12 @@ class TooManyFacesError(MeshError):
     code = "mesh_too_large"
 
 
+class UnwrapError(MeshError):
+    """Automatic UV unwrapping (xatlas) failed, crashed or ran past its time limit."""
+
+    code = "mesh_unwrap_failed"
+
+
 class NonFiniteError(CastexError):
     """NaN/inf appeared in the loss or the textures during optimization; nothing is exported."""
 
