@@ -66,10 +66,12 @@ class Texturer:
         self.device = resolve_device(device)
         self.dtype = _DTYPES[preset.dtype] if self.device.type == "cuda" else torch.float32
         t0 = time.perf_counter()
-        self.stages = [(spec, SDSGuidance(load_stage(spec.model, device=self.device, dtype=self.dtype),
-                                          guidance_scale=spec.guidance_scale, t_min=spec.t_min, t_max=spec.t_max,
-                                          noise_level=spec.noise_level))
-                       for spec in preset.stages]
+        models = [load_stage(spec.model, device=self.device, dtype=self.dtype) for spec in preset.stages]
+        # Stage II sees the frozen stage-I render at stage I's resolution (64 px for IF-I).
+        low_res = models[0].resolution
+        self.stages = [(spec, SDSGuidance(model, guidance_scale=spec.guidance_scale, t_min=spec.t_min,
+                                          t_max=spec.t_max, noise_level=spec.noise_level, cond_low_res=low_res))
+                       for spec, model in zip(preset.stages, models)]
         self.environment = environment or preset.environment
         self.light = make_light(self.environment, preset.env_resolution, preset.env_intensity, self.device)
         self.fg_lut = fg_lut(cache_dir=fg_cache_dir).to(self.device)

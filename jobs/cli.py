@@ -17,6 +17,7 @@ from pathlib import Path
 from core.errors import CastexError, ConfigError
 
 DEFAULT_MODELS = os.environ.get("CASTEX_MODELS", "models")
+DEMO_STAGE1_SIZE, DEMO_STAGE2_SIZE = 32, 64
 DEFAULT_CACHE = os.environ.get("CASTEX_CACHE", str(Path.home() / ".cache" / "castex"))
 
 
@@ -90,7 +91,8 @@ def ensure_tiny_cascade(models_root: str, seed: int = 0) -> Path:
     path = Path(models_root) / "tiny-cascade"
     if not (path / "stage_1" / "unet").is_dir() or not (path / "stage_2" / "unet").is_dir():
         logging.getLogger("castex").info("building the tiny demo cascade in %s", path)
-        write_tiny_cascade(path, seed=seed)
+        # 32 px stage I and a x2 stage II keep the CPU demo within minutes on 2 cores.
+        write_tiny_cascade(path, seed=seed, stage1_size=DEMO_STAGE1_SIZE, stage2_size=DEMO_STAGE2_SIZE)
     return path
 
 
@@ -153,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "make-tiny-cascade":
             from core.guidance.tiny import write_tiny_cascade
 
-            path = write_tiny_cascade(Path(args.out or Path(args.models) / "tiny-cascade"), seed=args.seed)
+            path = write_tiny_cascade(Path(args.out or Path(args.models) / "tiny-cascade"), seed=args.seed,
+                                      stage1_size=DEMO_STAGE1_SIZE, stage2_size=DEMO_STAGE2_SIZE)
             print(f"ok: tiny cascade written to {path}")
             return 0
         if args.command == "example-mesh":
