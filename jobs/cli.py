@@ -65,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("name", help="example name (see `castex presets --examples`)")
     e.add_argument("out", help="output file (.obj, .glb, .ply, .stl)")
 
+    r = sub.add_parser("run", help="texture a Parquet manifest on a Ray cluster (see jobs/run.py)")
+    from jobs.run import add_run_arguments
+
+    add_run_arguments(r)
+
     p = sub.add_parser("presets", help="list presets (and example meshes)")
     p.add_argument("--examples", action="store_true", help="list example meshes instead")
     return parser
@@ -152,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_texture(args, args.mesh, args.prompt)
         if args.command == "demo":
             return run_demo(args)
+        if args.command == "run":
+            from jobs.run import run_from_args
+
+            return run_from_args(args)
         if args.command == "make-tiny-cascade":
             from core.guidance.tiny import write_tiny_cascade
 
