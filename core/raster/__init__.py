@@ -1,12 +1,10 @@
-"""Rasterizer backends behind one interface (see base.Rasterizer).
+"""Rasterizer backends behind one interface (see `core.raster.base.Rasterizer`).
 
-`get_rasterizer("auto")` picks nvdiffrast on CUDA devices when it is installed and the pure
-PyTorch backend otherwise, so the same code runs in CI and on GPUs.
+`get_rasterizer("auto")` picks nvdiffrast on CUDA devices where `nvdiffrast.torch` imports, and
+the pure-PyTorch backend otherwise, so the same code runs in CI and on GPUs.
 """
 
 from __future__ import annotations
-
-import importlib.util
 
 import torch
 
@@ -17,21 +15,36 @@ BACKENDS = ("auto", "torch", "nvdiffrast")
 
 
 def nvdiffrast_available() -> bool:
-    return importlib.util.find_spec("nvdiffrast") is not None
+    """True when `nvdiffrast.torch` imports (its CUDA plugin is only built on first use)."""
+    try:
+        import nvdiffrast.torch  # noqa: F401
+    except Exception:  # ImportError, or OSError / RuntimeError from a broken CUDA install
+        return False
+    return True
+
+
+def _device(device: torch.device | str | None) -> torch.device:
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
 
 
 def get_rasterizer(name: str = "auto", device: torch.device | str | None = None) -> Rasterizer:
-    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The rasterizer `name` ("auto", "torch" or "nvdiffrast") for `device` (default: CUDA when
+    available, else CPU). Raises ConfigError for unknown names and for nvdiffrast without CUDA
+    or without the package."""
     if name not in BACKENDS:
         raise ConfigError(f"unknown rasterizer {name!r}; choose one of: {', '.join(BACKENDS)}")
+    dev = _device(device)
     if name == "auto":
         name = "nvdiffrast" if dev.type == "cuda" and nvdiffrast_available() else "torch"
     if name == "nvdiffrast":
         if dev.type != "cuda":
-            raise ConfigError("the nvdiffrast rasterizer needs a CUDA device; use --rasterizer torch on CPU")
+            raise ConfigError(f"the nvdiffrast rasterizer needs a CUDA device (got {dev}); "
+                              "use the 'torch' rasterizer instead")
         if not nvdiffrast_available():
-            raise ConfigError("nvdiffrast is not installed: pip install 'castex[gpu]' (CUDA only, "
-                              "NVIDIA Source Code License) or use --rasterizer torch")
+            raise ConfigError("nvdiffrast is not installed (CUDA only, NVIDIA Source Code License, "
+                              "non-commercial): install the 'gpu' extra or use the 'torch' rasterizer")
         from core.raster.nvdiffrast_backend import NvdiffrastRasterizer
 
         return NvdiffrastRasterizer(dev)
@@ -40,4 +53,4 @@ def get_rasterizer(name: str = "auto", device: torch.device | str | None = None)
     return TorchRasterizer(dev)
 
 
-__all__ = ["Rasterizer", "get_rasterizer", "nvdiffrast_available", "BACKENDS"]
+__all__ = ["BACKENDS", "Rasterizer", "get_rasterizer", "nvdiffrast_available"]
