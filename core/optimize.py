@@ -9,20 +9,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Sequence
 
 import torch
 
-from core.camera import ViewDistribution, Views, sample_views
+from core.camera import ViewDistribution, sample_views
 from core.errors import NonFiniteError
+from core.guidance.guidance import Guidance
 from core.material import TextureSet
 from core.presets import Preset, StageSpec
 from core.render import Scene, render
-
-
-class GuidanceLike(Protocol):
-    def loss(self, images: torch.Tensor, *, embeds, progress: float, generator: torch.Generator,
-             cond_images: torch.Tensor | None = None, views: Views | None = None) -> tuple[torch.Tensor, dict]: ...
 
 
 # (stage name, step within stage, steps in stage, latest synced loss or None)
@@ -48,7 +44,7 @@ class OptimizationResult:
         return sum(s.seconds for s in self.stages)
 
 
-def needs_low_res_condition(guidance: GuidanceLike) -> bool:
+def needs_low_res_condition(guidance: Guidance) -> bool:
     """Stage II UNets (6 input channels) are conditioned on the frozen stage-I render."""
     stage = getattr(guidance, "stage", None)
     return bool(getattr(guidance, "needs_condition", False)) or getattr(stage, "in_channels", 3) == 6
@@ -56,7 +52,7 @@ def needs_low_res_condition(guidance: GuidanceLike) -> bool:
 
 def optimize_textures(
     scene: Scene,
-    stages: Sequence[tuple[StageSpec, GuidanceLike]],
+    stages: Sequence[tuple[StageSpec, Guidance]],
     embeds,
     preset: Preset,
     *,
@@ -84,7 +80,7 @@ def optimize_textures(
     return OptimizationResult(textures=textures.detach_clone(), stages=reports)
 
 
-def _run_stage(scene, spec: StageSpec, guidance: GuidanceLike, embeds, preset: Preset, textures: TextureSet,
+def _run_stage(scene, spec: StageSpec, guidance: Guidance, embeds, preset: Preset, textures: TextureSet,
                frozen: TextureSet | None, dist: ViewDistribution, view_gen: torch.Generator,
                noise_gen: torch.Generator, progress: ProgressFn | None, log_every: int) -> StageReport:
     opt = torch.optim.Adam(textures.tensors(), lr=spec.lr)

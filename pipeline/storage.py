@@ -36,6 +36,7 @@ from typing import IO, Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from core.durable import fsync_dir
 from pipeline.errors import StorageError
 from pipeline.redact import redact, register_secrets
 from pipeline.uri import STORAGE_SCHEMES, join, scheme_of
@@ -69,20 +70,6 @@ def _mtime(info: Mapping[str, Any]) -> float | None:
             except ValueError:
                 continue
     return None
-
-
-def _fsync_dir(path: str) -> None:
-    """Make a rename durable; some filesystems refuse to open directories, which is harmless."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class Storage:
@@ -238,7 +225,7 @@ class Storage:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(tmp)
                 raise
-            _fsync_dir(parent)
+            fsync_dir(parent)
         else:
             with tempfile.TemporaryDirectory(prefix="castex-upload-") as tmpdir:
                 local = os.path.join(tmpdir, "data")

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.durable import fsync_dir
 from core.errors import NonFiniteError
 from core.export.gltf import write_glb
 from core.export.images import albedo_png, encode_png, gray_png, normal_png, orm_png
@@ -94,21 +95,6 @@ def _sha256(path: Path) -> str:
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    """Persist directory entries (renames, new files); a no-op where directories cannot be
-    opened (Windows)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def make_preview_grid(images: list[np.ndarray], cols: int, *, background: int = 255) -> np.ndarray:
@@ -221,10 +207,10 @@ def write_bundle(out_dir: str | Path, mesh: Mesh, textures: TextureSet, *,
         names = _write_contents(tmp, mesh, textures, preview, clean_metadata)
         for n in names:
             _fsync_file(tmp / n)
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         _move_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_dir(out_dir.parent)
+    fsync_dir(out_dir.parent)
     return {n: out_dir / n for n in names}
