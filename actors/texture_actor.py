@@ -16,6 +16,16 @@ per-row exception (a `CastexError` with its stable `code`, a CUDA OOM, or a bug)
 and becomes a `failed` status row; the actor keeps serving. The failure is committed too, so the
 index records it even if the driver dies right after.
 
+Process deaths (OOM kill, segfault) cannot be caught here: the pipeline asks Ray to restart the
+actor and retry the row a bounded number of times (`pipeline.graph._fault_tolerance`). A retry
+may texture an asset whose first attempt already committed; commits are keyed by the asset's
+key and content key, so the retry overwrites the same staging object and the packer indexes
+the key once. `actors.faults` injects such deaths in tests.
+
+Observability: one log line per asset, plus Ray metrics (`actors.metrics`: assets done/failed,
+seconds per asset and per stage). On CPU the actor sets torch's thread count to its share of
+the cores (`num_threads`, computed by the driver) so actors neither oversubscribe nor idle cores.
+
 Layering: actors must not import `pipeline/`. The pipeline passes in what touches storage:
 `commit(result_row, bundle_dir_or_None)` persists one outcome, `fetch(uri, dest_dir)` returns a
 local mesh path. Prompt embeddings come from the cache the prompt stage filled
@@ -39,6 +49,8 @@ from typing import Any
 
 import numpy as np
 
+from actors.faults import AFTER_COMMIT, AFTER_OPTIMIZE, maybe_die
+from actors.metrics import AssetMetrics
 from core.errors import CastexError
 
 log = logging.getLogger("castex.texture")
@@ -87,7 +99,8 @@ class TextureActor:
 
     def __init__(self, *, preset: str, commit: CommitFn, models_root: str | None = None, device: str = "auto",
                  rasterizer: str = "auto", fetch: FetchFn | None = None, cache_dir: str | None = None,
-                 max_faces: int = 500_000, max_texturers: int = 2, environment: str | None = None) -> None:
+                 max_faces: int = 500_000, max_texturers: int = 2, environment: str | None = None,
+                 num_threads: int | None = None, metrics: AssetMetrics | None = None) -> None:
         self.default_preset = preset
         self.commit = commit
         self.models_root = models_root
@@ -101,6 +114,9 @@ class TextureActor:
         self.environment = environment
         self._texturers: OrderedDict[str, Any] = OrderedDict()
         _setup_logging()
+        self.num_threads = _limit_cpu_threads(device, num_threads)
+        self.metrics = metrics if metrics is not None else AssetMetrics()
+        log.info("texture actor ready: device %s, torch threads %s", device, self.num_threads or "default")
 
     # -- model cache ---------------------------------------------------------------------------
 
@@ -148,6 +164,7 @@ class TextureActor:
         seed = int(row.get("seed") or 0)
         result = texturer.texture(mesh, embeds[prompt], seed=seed)
         timings.update(result.timings)
+        maybe_die(AFTER_OPTIMIZE, row.get("asset_id"))  # test-only fault hook (no-op unless configured)
         t0 = time.perf_counter()
         meta = texturer.metadata(mesh=mesh, prompt=prompt, negative_prompt=negative, seed=seed, result=result,
                                  extra={"asset_id": row.get("asset_id"), "content_key": row.get("content_key")})
@@ -167,10 +184,12 @@ class TextureActor:
         work_dir = Path(tempfile.mkdtemp(prefix="castex-asset-"))
         result: dict[str, Any] = dict(row)
         bundle: Path | None = None
+        timings: dict[str, float] = {}
         try:
             try:
                 fields, bundle = self._texture_one(row, work_dir)
                 result.update(fields)
+                timings = fields["timings"]
             except BaseException as exc:  # noqa: BLE001 - per-row isolation (see module doc)
                 if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                     raise
@@ -185,14 +204,18 @@ class TextureActor:
             try:
                 self.commit(result, str(bundle) if bundle is not None else None)
                 out["committed"] = True
+                maybe_die(AFTER_COMMIT, row.get("asset_id"))  # test-only fault hook
             except Exception as exc:  # noqa: BLE001 - storage trouble: the driver records the row
                 code, message = classify_error(exc)
                 out.update(status="failed", error_code=CODE_COMMIT, error=f"commit failed: {message}")
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
         out["seconds"] = time.perf_counter() - start
+        self.metrics.record_asset(preset=str(row.get("preset") or self.default_preset), status=out["status"],
+                                  seconds=out["seconds"], timings=timings)
         if out["status"] == "ok":
-            log.info("asset %s ok in %.1fs", out["asset_id"], out["seconds"])
+            stages = " ".join(f"{k} {timings[k]:.1f}s" for k in ("stage_1", "stage_2", "export") if k in timings)
+            log.info("asset %s ok in %.1fs (%s)", out["asset_id"], out["seconds"], stages)
         else:
             log.warning("asset %s failed in %.1fs [%s]: %s", out["asset_id"], out["seconds"], out["error_code"],
                         out["error"])
@@ -215,6 +238,29 @@ def _setup_logging() -> None:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
+
+
+def _limit_cpu_threads(device: str, num_threads: int | None) -> int | None:
+    """On CPU, give torch this actor's share of the cores (`num_threads`, from the driver).
+
+    Why: every actor process otherwise starts one intra-op thread per core (or whatever
+    OMP_NUM_THREADS Ray set from a fractional CPU request, often 1): N actors on N cores then
+    oversubscribe, or one actor alone leaves cores idle. GPU actors keep torch's default.
+    Returns the thread count set, or None when nothing was changed.
+    """
+    if num_threads is None or num_threads < 1:
+        return None
+    import os
+
+    import torch
+
+    from core.texturer import resolve_device
+
+    if resolve_device(device).type != "cpu":
+        return None
+    threads = max(1, min(int(num_threads), os.cpu_count() or 1))
+    torch.set_num_threads(threads)
+    return threads
 
 
 def _free_memory() -> None:

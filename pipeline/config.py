@@ -42,6 +42,18 @@ class RunConfig:
     shard_count: int = 256
     shard_bytes: int = 1 << 30
     pack_every: int = 64
+    # Ray retries a row this many times when its actor *process* dies inside it (OOM kill,
+    # segfault, preemption); the actor itself is always restarted. A row that kills its actor on
+    # every attempt becomes a `failed` row (`actor_died`) instead of looping forever.
+    actor_task_retries: int = 2
+    # Manifests up to this many valid rows get their content keys (fetch + sha256 per mesh) on
+    # driver threads: a Ray map starts a worker process per concurrent task, which costs more
+    # than hashing a few meshes. Larger manifests use the Ray map.
+    driver_hash_max_rows: int = 64
+    # Separate prompt-encoding stage before texturing: None = on GPU runs only (it keeps the big
+    # text encoder out of the texture actors' GPU memory). On CPU it would cost one more actor
+    # start-up, serially, while the texture actors' encode-on-miss costs well under a second.
+    prompt_stage: bool | None = None
     pipeline_version: str = __version__
     # Per-asset time used for Ray Data's no-progress timeout: preset.expected_seconds_gpu times
     # this factor on CPU (CPU runs are far slower than the GPU estimate).

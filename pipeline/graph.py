@@ -1,21 +1,31 @@
 """The driver flow of a batch run: manifest -> content keys -> resume -> prompts -> textures -> shards.
 
     read + validate manifest (driver)            invalid rows -> failed records
-    content keys: fetch + sha256 mesh (Ray map)  unreachable meshes -> failed records
+    content keys: fetch + sha256 mesh            unreachable meshes -> failed records
+      (driver threads for small manifests, a Ray map for large ones)
     resume: content key committed under OUT?     -> skipped records (already_committed)
-    prompt stage (PromptActor pool)              fills the embedding cache once per prompt
+    prompt stage (PromptActor pool, GPU runs)    fills the embedding cache once per prompt
     texture stage (TextureActor pool)            each asset committed to staging when done
     pack shards periodically + at the end, write summary.json and _SUCCESS
 
 Every manifest row ends up in the run's index exactly once: validation failures, hashing
 failures and resume skips are written as one records part before GPU work; textured rows are
 committed by the actors (ok or failed) and indexed by the packer; a row whose commit itself
-failed is written by the driver at the end. `write_summary` refuses to mark the run complete
-if the count does not match.
+failed, or whose actor process died on every attempt (`actor_died`), is written by the driver at
+the end unless an attempt committed it. `write_summary` refuses to mark the run complete if the
+count does not match.
+
+Crashes. A texture actor whose process dies is restarted and its row retried
+(`RunConfig.actor_task_retries`); a retry commits under the same staging name, so the asset is
+indexed once. After the driver dies, the same command again (a new run id) skips every asset
+whose content an earlier run committed, staged or packed (`pipeline.index.read_merged_index`
+gives one row per asset across runs); the same command with the crashed run's `--run-id`
+instead finishes that run: rows it indexed or staged are not redone.
 
 Limitations (documented, not hidden): the driver holds the validated manifest in memory (fine
 for ~1e6 rows); remote meshes are downloaded twice (once to hash, once to texture); rows with
-equal content keys inside one run are all textured and the packer keeps one (`duplicate_content`).
+equal content keys inside one run are all textured and the packer keeps one (`duplicate_content`);
+resuming a run id assumes the same manifest.
 """
 
 from __future__ import annotations
@@ -35,8 +45,8 @@ import pyarrow as pa
 from pipeline.config import RunConfig
 from pipeline.content_key import content_key, sha256_file
 from pipeline.fetch import fetch_mesh
-from pipeline.index import committed_content_keys, skipped_record, write_records_part, write_summary
-from pipeline.layout import check_run_id, new_run_id
+from pipeline.index import committed_content_keys, read_index, skipped_record, write_records_part, write_summary
+from pipeline.layout import check_run_id, new_run_id, parse_staging_name, staging_dir
 from pipeline.manifest import ManifestRow, read_manifest, validate_rows
 from pipeline.records import STATUS_FAILED, STATUS_OK, AssetRecord
 from pipeline.redact import redact
@@ -46,6 +56,9 @@ from pipeline.storage import Storage
 log = logging.getLogger("castex.run")
 
 CODE_HASH = "hash_failed"
+# A row whose texture task produced no status row: its actor process died on every attempt
+# (`RunConfig.actor_task_retries` + 1 times), e.g. an asset that reliably gets OOM-killed.
+CODE_ACTOR_DIED = "actor_died"
 
 
 # -- per-row helpers that run on workers (module level so they pickle) ----------------------------
@@ -181,8 +194,6 @@ def run_pipeline(config: RunConfig, table: pa.Table | None = None) -> dict[str, 
 
     `table` is the manifest when the caller already read it (the CLI does, to fail fast on a
     bad manifest before starting Ray)."""
-    import ray
-
     from actors.prompt_actor import PromptActor
     from actors.texture_actor import TextureActor
     from core.presets import PRESETS, get_preset
@@ -201,19 +212,29 @@ def run_pipeline(config: RunConfig, table: pa.Table | None = None) -> dict[str, 
     pre_records = [AssetRecord.from_error(e, run_id) for e in errors]
     log.info("run %s: %d manifest rows, %d valid, %d rejected by validation", run_id, table.num_rows,
              len(valid), len(errors))
+    # Resuming a run id (the same command with --run-id after a crash, same manifest): rows this
+    # run already indexed are done, and assets it staged are indexed by the final pack; neither
+    # is recorded or textured again (a `skipped` row for a staged asset of the same key would
+    # make the packer delete that asset as already indexed).
+    done_rows, staged_keys = _previous_attempts(storage, run_id)
+    if done_rows or staged_keys:
+        log.info("run %s: resuming: %d row(s) already indexed, %d asset(s) staged by an earlier attempt",
+                 run_id, len(done_rows), len(staged_keys))
+        pre_records = [r for r in pre_records if r.row_index not in done_rows]
+        valid = [r for r in valid if r.row_index not in done_rows and r.key not in staged_keys]
 
-    # Content keys: the mesh bytes must be read, which is I/O + hashing: a CPU map over rows.
+    # Content keys: the mesh bytes must be read, which is I/O + hashing.
     by_index = {row.row_index: row for row in valid}
-    keyed: list[dict[str, Any]] = []
-    if valid:
-        items = [row_to_dict(r, config.default_seed) for r in valid]
-        ds = ray.data.from_items(items, override_num_blocks=min(len(items), 64))
-        keyed = ds.map(compute_content_key, fn_kwargs={"storage_options": config.storage_options,
-                                                       "pipeline_version": config.pipeline_version},
-                       num_cpus=0.25).take_all()
-        keyed.sort(key=lambda r: r["row_index"])
+    phases: dict[str, float] = {"validate": time.time() - started}
+    t0 = time.perf_counter()
+    keyed = _content_keys([row_to_dict(r, config.default_seed) for r in valid], config)
+    phases["content_keys"] = time.perf_counter() - t0
 
-    committed = committed_content_keys(storage)
+    # This run's own staged assets are left out: the final pack moves them into a shard, so a
+    # `skipped` row pointing at their staging object would dangle (the duplicate is textured and
+    # the packer dedupes it as `duplicate_content`, with a pointer into the shard).
+    committed = {ck: loc for ck, loc in committed_content_keys(storage).items()
+                 if not (loc.staged and loc.run_id == run_id)}
     to_run: list[dict[str, Any]] = []
     for item in keyed:
         row = by_index[item["row_index"]]
@@ -227,7 +248,7 @@ def run_pipeline(config: RunConfig, table: pa.Table | None = None) -> dict[str, 
     # A rejected row can share its key with a row being textured (a duplicate asset_id). The
     # packer treats a staged failure whose key is already indexed as debris, so such records are
     # written only after the final pack; all others go out now, before any GPU work.
-    running_keys = {r["key"] for r in to_run}
+    running_keys = {r["key"] for r in to_run} | staged_keys
     deferred = [r for r in pre_records if r.key in running_keys]
     early = [r for r in pre_records if r.key not in running_keys]
     if early:
@@ -243,9 +264,15 @@ def run_pipeline(config: RunConfig, table: pa.Table | None = None) -> dict[str, 
         device = config.device if config.device != "auto" else ("cuda" if gpu else "cpu")
         timeout = _set_timeout({r["preset"] for r in to_run}, config, gpu)
         log.info("run %s: no-progress timeout %.0fs, device %s", run_id, timeout, device)
-        _prompt_stage(to_run, models_root, cache_dir, config, gpu, device, PromptActor)
+        t0 = time.perf_counter()
+        if config.prompt_stage if config.prompt_stage is not None else gpu:
+            _prompt_stage(to_run, models_root, cache_dir, config, gpu, device, PromptActor)
+        phases["prompts"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         statuses = _texture_stage(to_run, run_id, models_root, cache_dir, config, gpu, device, packer,
                                   TextureActor)
+        phases["textures"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
 
     # Rows the actors could not commit (storage trouble) or never returned: the driver indexes them.
     returned = {s["row_index"]: s for s in statuses}
@@ -253,11 +280,17 @@ def run_pipeline(config: RunConfig, table: pa.Table | None = None) -> dict[str, 
     for item in to_run:
         s = returned.get(item["row_index"])
         if s is None:
-            lost.append(_failed(by_index[item["row_index"]], run_id, "lost", "no result came back from the actor"))
+            lost.append(_failed(by_index[item["row_index"]], run_id, CODE_ACTOR_DIED,
+                                f"the texture actor's process died on each of {config.actor_task_retries + 1} "
+                                f"attempt(s) at this asset (see the Ray worker logs)"))
         elif not s["committed"]:
             lost.append(_failed(by_index[item["row_index"]], run_id, s["error_code"] or "commit_failed",
                                 s["error"] or "not committed"))
     packer.pack(final=True)
+    # An attempt may have committed the asset before its process died (or before a later
+    # attempt's commit failed): then the final pack has just indexed it; never index it twice.
+    indexed = packer.indexed_keys()
+    lost = [r for r in lost if r.key not in indexed]
     if lost or deferred:
         write_records_part(storage, run_id, lost + deferred)
 
@@ -271,8 +304,42 @@ def run_pipeline(config: RunConfig, table: pa.Table | None = None) -> dict[str, 
     per_asset = sum(s["seconds"] for s in textured) / len(textured) if textured else 0.0
     log.info("run %s done: %d ok, %d failed, %d skipped of %d rows in %.1fs (%.1f s/asset)", run_id,
              counts["ok"], counts["failed"], counts["skipped"], counts["total"], finished - started, per_asset)
+    phases["finish"] = time.perf_counter() - t0
     summary["seconds_per_asset"] = per_asset
+    summary["phase_seconds"] = phases  # driver phases (not in summary.json): where wall time went
     return summary
+
+
+def _previous_attempts(storage: Storage, run_id: str) -> tuple[set[int], set[str]]:
+    """(row indexes in the run's index, keys in its staging area): what earlier attempts of
+    this run id left behind; both empty for a new run."""
+    table = read_index(storage, run_ids=[run_id], columns=("row_index",))
+    done = {i for i in table.column("row_index").to_pylist() if i is not None}
+    staged = {n.key for info in storage.list(staging_dir(run_id), suffix=".tar")
+              if (n := parse_staging_name(info.path.rsplit("/", 1)[-1])) is not None}
+    return done, staged
+
+
+def _content_keys(items: list[dict[str, Any]], config: RunConfig) -> list[dict[str, Any]]:
+    """`compute_content_key` for every row, sorted by row index: on driver threads for small
+    manifests (`RunConfig.driver_hash_max_rows`), else as a Ray map over the rows."""
+    import ray
+
+    if not items:
+        return []
+    fn = functools.partial(compute_content_key, storage_options=config.storage_options,
+                           pipeline_version=config.pipeline_version)
+    if len(items) <= config.driver_hash_max_rows:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(8, len(items))) as pool:
+            keyed = list(pool.map(fn, items))
+    else:
+        ds = ray.data.from_items(items, override_num_blocks=min(len(items), 64))
+        keyed = ds.map(compute_content_key, fn_kwargs={"storage_options": config.storage_options,
+                                                       "pipeline_version": config.pipeline_version},
+                       num_cpus=0.25).take_all()
+    return sorted(keyed, key=lambda r: r["row_index"])
 
 
 def _prompt_stage(rows: list[dict[str, Any]], models_root: str, cache_dir: str, config: RunConfig, gpu: bool,
@@ -289,17 +356,59 @@ def _prompt_stage(rows: list[dict[str, Any]], models_root: str, cache_dir: str, 
         pairs[(encoder, r["negative_prompt"] or "")] = None
     items = [{"encoder": e, "text": t} for e, t in pairs]
     t0 = time.perf_counter()
-    out = (ray.data.from_items(items)
-           .map_batches(actor_cls, fn_constructor_kwargs={"cache_dir": str(Path(cache_dir) / "embeddings"),
-                                                          "device": device},
-                        batch_size=64, compute=ray.data.ActorPoolStrategy(size=1),
-                        **_resources(config, gpu))
-           .take_all())
+    ds = _map_batches(ray.data.from_items(items), actor_cls,
+                      fn_constructor_kwargs={"cache_dir": str(Path(cache_dir) / "embeddings"), "device": device},
+                      batch_size=64, compute=ray.data.ActorPoolStrategy(size=1),
+                      **_resources(config, gpu), **_fault_tolerance(config))
+    try:
+        out = ds.take_all()
+    except Exception as exc:  # noqa: BLE001 - the cache is an optimization, see below
+        # Texture actors encode on a cache miss themselves (slower, still correct), so a dead
+        # prompt stage must not sink the run.
+        log.warning("prompt stage failed, texture actors will encode prompts themselves: %s",
+                    redact(f"{type(exc).__name__}: {exc}"))
+        return
     failed = [o for o in out if o["status"] == "failed"]
     for o in failed[:5]:
         log.warning("prompt stage: %s", redact(o["error"]))
     log.info("prompt stage: %d text(s), %d encoded, %d failed in %.1fs", len(items),
              sum(o["status"] == "encoded" for o in out), len(failed), time.perf_counter() - t0)
+
+
+def _fault_tolerance(config: RunConfig) -> dict[str, Any]:
+    """Actor options for map_batches: restart a crashed actor, retry its row a bounded number of times.
+
+    Ray Data's own default is `max_restarts=-1, max_task_retries=-1` (actor_pool_map_operator.
+    `_apply_default_remote_args`): a row that kills its actor every time (a mesh that gets the
+    process OOM-killed) would be retried forever and the run would never end. Only process
+    deaths are retried: exceptions never leave the actors' per-row isolation.
+
+    Ray 2.60 has no named map_batches parameter for these: they go through `**ray_remote_args`,
+    which warns that it is deprecated (removal announced for 2.64); `_map_batches` silences that
+    one warning. Revisit when upgrading: the bound must then move to whatever replaces it.
+    """
+    return {"max_restarts": -1, "max_task_retries": max(0, config.actor_task_retries)}
+
+
+def _map_batches(ds: Any, fn: type, **kwargs: Any) -> Any:
+    """`ds.map_batches` without the deprecation warning of `**ray_remote_args` (see `_fault_tolerance`)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`ray_remote_args` is deprecated")
+        return ds.map_batches(fn, **kwargs)
+
+
+def _cpu_threads(gpu: bool, n_actors: int) -> int | None:
+    """torch threads per CPU actor: the cluster's CPUs shared evenly (None on GPU: torch default).
+
+    An approximation on multi-node clusters (actors are not spread evenly per node); the actor
+    caps it at its machine's core count."""
+    import ray
+
+    if gpu:
+        return None
+    return max(1, int(ray.cluster_resources().get("CPU", 1) // max(1, n_actors)))
 
 
 def _texture_stage(rows: list[dict[str, Any]], run_id: str, models_root: str, cache_dir: str, config: RunConfig,
@@ -311,12 +420,16 @@ def _texture_stage(rows: list[dict[str, Any]], run_id: str, models_root: str, ca
     committer = Committer(config.out, config.storage_options, run_id, config.pipeline_version)
     kwargs = {"preset": config.preset, "commit": committer, "models_root": models_root, "device": device,
               "rasterizer": config.rasterizer, "cache_dir": cache_dir, "max_faces": config.max_faces,
-              "fetch": functools.partial(fetch_mesh, storage_options=config.storage_options)}
+              "fetch": functools.partial(fetch_mesh, storage_options=config.storage_options),
+              "num_threads": _cpu_threads(gpu, n_actors)}
     # One block per row so rows spread over the actors instead of queueing behind one.
-    ds = (ray.data.from_items(rows, override_num_blocks=len(rows))
-          .map_batches(actor_cls, fn_constructor_kwargs=kwargs, batch_size=1,
-                       compute=ray.data.ActorPoolStrategy(size=n_actors, max_tasks_in_flight_per_actor=1),
-                       **_resources(config, gpu)))
+    ds = _map_batches(ray.data.from_items(rows, override_num_blocks=len(rows)), actor_cls,
+                      fn_constructor_kwargs=kwargs, batch_size=1,
+                      compute=ray.data.ActorPoolStrategy(size=n_actors, max_tasks_in_flight_per_actor=1),
+                      **_resources(config, gpu), **_fault_tolerance(config))
+    # A block is one row, so a block whose task failed for good (its actor died on every attempt)
+    # is one row: drop it instead of aborting the run; the driver records it as `actor_died`.
+    ds.context.max_errored_blocks = len(rows)
     log.info("texture stage: %d asset(s) on %d actor(s)", len(rows), n_actors)
     statuses: list[dict[str, Any]] = []
     since_pack = 0

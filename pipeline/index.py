@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from pipeline.errors import IncompleteRunError
 from pipeline.layout import (
     INDEX_PART_RE,
+    STAGING_DIR,
     index_dir,
     new_attempt_id,
     records_part_name,
@@ -132,6 +133,55 @@ def read_index(out: Storage | str, storage_options: Mapping[str, Any] | None = N
     with ThreadPoolExecutor(max_workers=min(8, len(parts))) as pool:
         tables = list(pool.map(lambda rel: _read_part(storage, rel, schema), parts))
     return pa.concat_tables(tables)
+
+
+def read_merged_index(out: Storage | str, storage_options: Mapping[str, Any] | None = None, *,
+                      run_ids: Iterable[str] | None = None) -> pa.Table:
+    """The catalog across runs: for every asset key, the rows of the newest run that indexed it.
+
+    Why: each run indexes *its* manifest rows, so after a crash and a re-run (a new run id by
+    default) the union of runs holds an asset twice: the crashed run's row (if its packer got
+    that far) and the re-run's row (`skipped` / `already_committed`, pointing at the bundle the
+    crashed run committed). Readers who want one answer per asset take, per key, the rows of the
+    run whose rows for that key finished last (`finished_at`, then run id): a re-run supersedes
+    what an earlier, possibly crashed, run said about the same assets, while assets that only an
+    older run mentions keep that run's rows. All rows of the winning run are kept, so a manifest
+    with a duplicate asset id still shows both of its rows (ok + `duplicate_id`), and a complete
+    run's manifest rows are each present exactly once. Rows without a key (no usable asset id)
+    are grouped together the same way. `skipped` rows say where the bundle is (`shard`,
+    `members`); one that points at another run's staging object which that run has packed since
+    (it was finished under its own run id) is pointed at the shard now indexed for its content.
+    """
+    storage = as_storage(out, storage_options)
+    table = read_index(storage, run_ids=run_ids)
+    if table.num_rows == 0:
+        return table
+    keys = table.column("key").to_pylist()
+    runs = table.column("run_id").to_pylist()
+    finished = [f if f is not None else float("-inf") for f in table.column("finished_at").to_pylist()]
+    newest: dict[str | None, tuple[float, str]] = {}
+    for key, run, at in zip(keys, runs, finished):
+        if (at, run) > newest.get(key, (float("-inf"), "")):
+            newest[key] = (at, run)
+    merged = table.filter(pa.array([newest[key][1] == run for key, run in zip(keys, runs)]))
+    return _resolve_moved_staging(storage, merged, table)
+
+
+def _resolve_moved_staging(storage: Storage, merged: pa.Table, everything: pa.Table) -> pa.Table:
+    """Re-point `skipped` rows whose staged bundle has moved into a shard (see read_merged_index)."""
+    rows = merged.to_pylist()
+    stale = [r for r in rows if r["status"] == STATUS_SKIPPED and r["shard"]
+             and f"/{STAGING_DIR}/" in r["shard"] and not storage.exists(r["shard"])]
+    if not stale:
+        return merged
+    packed = {}
+    for r in everything.filter(pc.equal(everything.column("status"), STATUS_OK)).to_pylist():
+        if r["content_key"] and r["shard"]:
+            packed.setdefault(r["content_key"], r)
+    for r in stale:
+        if (ok := packed.get(r["content_key"])) is not None:
+            r["shard"], r["members"] = ok["shard"], ok["members"]
+    return pa.Table.from_pylist(rows, schema=merged.schema)
 
 
 def read_records(out: Storage | str, storage_options: Mapping[str, Any] | None = None, *,
@@ -255,5 +305,5 @@ def write_summary(storage: Storage, run_id: str, *, started_at: float, finished_
 
 
 __all__ = ["RESUME_COLUMNS", "Location", "as_storage", "committed_content_keys", "is_complete", "list_runs",
-           "read_index", "read_records", "run_dir", "skipped_record", "summarize", "write_index_part",
+           "read_index", "read_merged_index", "read_records", "run_dir", "skipped_record", "summarize", "write_index_part",
            "write_records_part", "write_summary"]

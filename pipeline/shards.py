@@ -235,6 +235,14 @@ class ShardPacker:
         self._next_seq = max(seqs, default=-1) + 1
         self._loaded = True
 
+    def indexed_keys(self) -> set[str]:
+        """Keys that have a row in this run's index (this packer's view: what it read at its
+        first pack plus what it wrote since). The driver checks it before indexing a row whose
+        status never came back: its actor may have committed it before dying."""
+        if not self._loaded:
+            self._load()
+        return set(self._indexed)
+
     def _remember(self, records: list[AssetRecord]) -> None:
         for r in records:
             if r.key:
