@@ -23,9 +23,16 @@ log = logging.getLogger("castex.run")
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of `castex run` (shared by `python -m jobs.run` and the `castex` CLI)."""
+    p.add_argument("--manifest", required=True, help="Parquet manifest: file, directory or glob (local, s3://, gs://)")
+    add_execution_arguments(p)
+    p.add_argument("--run-id", default=None, help="run id (default: UTC time + random suffix)")
+
+
+def add_execution_arguments(p: argparse.ArgumentParser) -> None:
+    """Where output goes and how the cluster textures: every `castex run` argument except the
+    manifest and run id, so `castex nightly` (which derives both) shares them verbatim."""
     from core.presets import PRESETS
 
-    p.add_argument("--manifest", required=True, help="Parquet manifest: file, directory or glob (local, s3://, gs://)")
     p.add_argument("--out", required=True, help="output root (local dir, s3://, gs://)")
     p.add_argument("--preset", default="cpu-demo", choices=sorted(PRESETS),
                    help="default preset for rows that name none (default: cpu-demo)")
@@ -33,7 +40,6 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="texture actors (default: one per GPU, or one per 2 CPUs)")
     p.add_argument("--storage-options", default=None,
                    help="fsspec storage options as JSON (e.g. endpoint, credentials); never logged")
-    p.add_argument("--run-id", default=None, help="run id (default: UTC time + random suffix)")
     p.add_argument("--models", default=os.environ.get("CASTEX_MODELS", "models"),
                    help="root for local models ({models} in presets); must exist on every node")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto = cuda if the cluster has GPUs)")
@@ -44,7 +50,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--actor-cpus", type=float, default=0.5, help="CPU share per CPU actor (default 0.5)")
 
 
-def _storage_options(raw: str | None) -> dict:
+def parse_storage_options(raw: str | None) -> dict:
+    """The `--storage-options` JSON object ({} when absent); ConfigError when it is not one."""
     if not raw:
         return {}
     try:
@@ -57,7 +64,10 @@ def _storage_options(raw: str | None) -> dict:
 
 
 def init_ray(num_cpus: int | None = None) -> None:
-    """Join RAY_ADDRESS's cluster, or start a local instance without the dashboard."""
+    """Join RAY_ADDRESS's cluster, or start a local instance without the dashboard.
+
+    `address="local"`: without it `ray.init()` silently joins whatever cluster `ray start` last
+    recorded in /tmp/ray (and then refuses `num_cpus`), instead of the local instance we mean."""
     import ray
 
     if ray.is_initialized():
@@ -65,16 +75,27 @@ def init_ray(num_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"])
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    """Build the RunConfig, make sure the demo models exist, run. Raises CastexError on user errors."""
+    """Run the manifest and print the one-line outcome. Raises CastexError on user errors."""
+    summary = run_manifest(args)
+    c = summary["counts"]
+    print(f"run {summary['run_id']}: {c['ok']} ok, {c['failed']} failed, {c['skipped']} skipped "
+          f"of {c['total']} rows; {summary.get('seconds_per_asset', 0.0):.1f} s/asset; "
+          f"wall {summary.get('wall_seconds') or 0.0:.1f}s")
+    return 0
+
+
+def run_manifest(args: argparse.Namespace) -> dict:
+    """Build the RunConfig, make sure the demo models exist, run; returns the run summary
+    (callers such as `castex nightly` judge it). Raises CastexError on user errors."""
     from pipeline.config import RunConfig
     from pipeline.graph import run_pipeline
     from pipeline.redact import register_secrets
 
-    options = _storage_options(args.storage_options)
+    options = parse_storage_options(args.storage_options)
     register_secrets(options)
     from core.presets import get_preset
 
@@ -89,12 +110,7 @@ def run_from_args(args: argparse.Namespace) -> int:
 
     table = read_manifest(config.manifest, options)  # fail fast, before starting Ray
     init_ray(args.num_cpus)
-    summary = run_pipeline(config, table)
-    c = summary["counts"]
-    print(f"run {summary['run_id']}: {c['ok']} ok, {c['failed']} failed, {c['skipped']} skipped "
-          f"of {c['total']} rows; {summary.get('seconds_per_asset', 0.0):.1f} s/asset; "
-          f"wall {summary.get('wall_seconds') or 0.0:.1f}s")
-    return 0
+    return run_pipeline(config, table)
 
 
 def main(argv: list[str] | None = None) -> int:
