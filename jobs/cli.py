@@ -50,11 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="output bundle directory (replaced if it exists)")
     _add_texture_options(t)
 
-    d = sub.add_parser("demo", help="offline demo: example mesh + tiny cascade on CPU")
-    d.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
-    d.add_argument("--prompt", default="a red and white checkerboard vase")
-    d.add_argument("--mesh", default="vase", help="example mesh name (default: vase)")
-    _add_texture_options(d)
+    d = sub.add_parser("demo", help="offline demo: the batch job on example meshes, local Ray, demo cascade on CPU")
+    from jobs.demo import add_demo_arguments
+
+    add_demo_arguments(d)
 
     m = sub.add_parser("make-tiny-cascade", help="write the tiny IF-layout test cascade (offline, seeded)")
     m.add_argument("out", nargs="?", default=None, help="directory (default: MODELS/tiny-cascade)")
@@ -69,6 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
     from jobs.run import add_run_arguments
 
     add_run_arguments(r)
+
+    n = sub.add_parser("nightly", help="incremental dated run of a catalog + HTML report (see jobs/nightly.py)")
+    from jobs.nightly import add_nightly_arguments
+
+    add_nightly_arguments(n)
+
+    g = sub.add_parser("gc", help="list (or --delete) the debris crashed runs left under a batch output root")
+    g.add_argument("--out", required=True, help="output root of `castex run` (local dir, s3://, gs://)")
+    g.add_argument("--delete", action="store_true", help="delete the debris (default: only list it)")
+    g.add_argument("--older-than-hours", type=float, default=24.0,
+                   help="only temp files / orphan shards / empty runs older than this (default 24; 0 = "
+                        "everything, only when no run is writing to OUT)")
+    g.add_argument("--storage-options", default=None, help="fsspec storage options as JSON; never logged")
 
     p = sub.add_parser("presets", help="list presets (and example meshes)")
     p.add_argument("--examples", action="store_true", help="list example meshes instead")
@@ -139,14 +151,22 @@ def run_texture(args: argparse.Namespace, mesh_path: str, prompt: str) -> int:
     return 0
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    from core.examples import write_example_mesh
+def run_gc(args: argparse.Namespace) -> int:
+    """`castex gc`: print every debris path (see pipeline/gc.py), then one summary line."""
+    from jobs.run import parse_storage_options as _storage_options
+    from pipeline.gc import gc
+    from pipeline.redact import register_secrets
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    mesh_path = write_example_mesh(args.mesh, out / f"{args.mesh}.obj")
-    args.out = str(out / "bundle")
-    return run_texture(args, str(mesh_path), args.prompt)
+    options = _storage_options(args.storage_options)
+    register_secrets(options)
+    report = gc(args.out, options, dry_run=not args.delete, older_than_s=args.older_than_hours * 3600.0)
+    verb = "removed" if args.delete else "would remove"
+    for path in [*report.paths, *report.empty_runs]:
+        print(f"{verb}: {path}")
+    print(f"gc: {verb} {len(report.tmp_files)} temp file(s), {len(report.packed_staging)} packed staging object(s), "
+          f"{len(report.orphan_shards)} orphan shard(s), {len(report.empty_runs)} empty run dir(s); "
+          f"{report.bytes} bytes" + ("" if args.delete else " (dry run: pass --delete)"))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,11 +176,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "texture":
             return run_texture(args, args.mesh, args.prompt)
         if args.command == "demo":
+            from jobs.demo import run_demo
+
             return run_demo(args)
         if args.command == "run":
             from jobs.run import run_from_args
 
             return run_from_args(args)
+        if args.command == "nightly":
+            from jobs.nightly import nightly_from_args
+
+            return nightly_from_args(args)
+        if args.command == "gc":
+            return run_gc(args)
         if args.command == "make-tiny-cascade":
             from core.guidance.tiny import write_tiny_cascade
 
