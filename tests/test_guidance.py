@@ -15,7 +15,7 @@ from core.errors import ModelLoadError
 from core.guidance import (EmbeddingCache, PromptEmbeds, PromptEncoder, SDSGuidance, StageModel, cfg,
                            encode_prompts, encoder_id_for, eps_form_grad, load_stage, predict_x0, sample_timesteps,
                            sds_weight, sds_x0_loss, timestep_range, write_tiny_cascade)
-from core.guidance.sds import add_noise
+from core.guidance.sds import add_noise, epsilon_from_output
 
 
 # ---------------------------------------------------------------- fixtures
@@ -146,6 +146,48 @@ def test_cfg_formula():
     torch.testing.assert_close(cfg(u, t, 1.0), t)
     torch.testing.assert_close(cfg(u, t, 0.0), u)
     torch.testing.assert_close(cfg(u, t, 7.5), torch.tensor([1.0 + 7.5 * 2.0, -2.0 + 7.5 * 2.0]))
+
+
+def test_epsilon_from_every_prediction_type():
+    """v and x0 ("sample") predictions of the true x0/eps give back the true eps exactly."""
+    g = torch.Generator().manual_seed(3)
+    x0, eps = torch.rand(2, 3, 4, 4, generator=g) * 2 - 1, torch.randn(2, 3, 4, 4, generator=g)
+    abar = torch.tensor([0.9, 0.01])
+    x_t = add_noise(x0, eps, abar)
+    a = abar.view(-1, 1, 1, 1)
+    v = a.sqrt() * eps - (1 - a).sqrt() * x0
+    torch.testing.assert_close(epsilon_from_output(eps, x_t, abar, "epsilon"), eps)
+    torch.testing.assert_close(epsilon_from_output(v, x_t, abar, "v_prediction"), eps, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(epsilon_from_output(x0, x_t, abar, "sample"), eps, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="unsupported prediction_type"):
+        epsilon_from_output(v, x_t, abar, "flow")
+
+
+def test_v_prediction_stage_guides_like_the_equivalent_eps_stage():
+    """SDSGuidance converts a v-predicting UNet's output to eps before CFG: a UNet that outputs the v
+    of a constant eps gives the same guided eps as one that outputs that eps."""
+    t = torch.tensor([700])
+    x_t = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    embeds = PromptEmbeds(cond=torch.zeros(1, 77, 4), uncond=torch.zeros(1, 77, 4))
+    eps_stage = fake_stage(ConstantUNet(uncond=0.2, text=0.6))
+    a = eps_stage.alphas_cumprod[t]
+
+    class VUNet(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.anchor = torch.nn.Parameter(torch.zeros(1))  # gives the module a dtype
+
+        def forward(self, sample, timestep, encoder_hidden_states=None, return_dict=False, **kwargs):
+            eps = torch.cat([torch.full_like(sample[:2], 0.2), torch.full_like(sample[2:], 0.6)])
+            x0 = (sample - (1 - a).sqrt() * eps) / a.sqrt()
+            v = a.sqrt() * eps - (1 - a).sqrt() * x0
+            return (torch.cat([v, torch.zeros_like(v)], dim=1),)
+
+    v_stage = fake_stage(VUNet())
+    v_stage.prediction_type = "v_prediction"
+    expected = SDSGuidance(eps_stage, guidance_scale=5.0).predict_noise(x_t, t, embeds)
+    got = SDSGuidance(v_stage, guidance_scale=5.0).predict_noise(x_t, t, embeds)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
 # ---------------------------------------------------------------- timesteps

@@ -20,6 +20,7 @@ from typing import Callable, TypeVar
 import torch
 
 from core.errors import ModelLoadError
+from core.guidance.sds import PREDICTION_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class StageModel:
     resolution: int
     in_channels: int
     noising_scheduler: object | None = None  # stage II only: noises the low-res condition
+    prediction_type: str = "epsilon"  # what the UNet's first 3 channels are (IF: epsilon), from the scheduler
 
     @property
     def needs_condition(self) -> bool:
@@ -162,6 +164,10 @@ def load_stage(path_or_id: str | Path, *, device: torch.device | str = "cpu", dt
     scheduler = load_component(lambda: DDPMScheduler.from_pretrained(source, subfolder="scheduler"),
                                what="the scheduler (scheduler/)", source=source, is_local=is_local)
     in_channels = int(unet.config.in_channels)
+    prediction_type = str(scheduler.config.get("prediction_type", "epsilon"))
+    if prediction_type not in PREDICTION_TYPES:
+        raise ModelLoadError(f"the scheduler of {source!r} has prediction_type {prediction_type!r}; SDS supports "
+                             f"{', '.join(PREDICTION_TYPES)}")
     noising = None
     if in_channels == 6:
         noising = load_component(lambda: DDPMScheduler.from_pretrained(source, subfolder="image_noising_scheduler"),
@@ -171,4 +177,5 @@ def load_stage(path_or_id: str | Path, *, device: torch.device | str = "cpu", dt
     use_sdpa(unet)
     alphas_cumprod = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
     return StageModel(unet=unet, scheduler=scheduler, alphas_cumprod=alphas_cumprod, model_id=str(path_or_id),
-                      resolution=int(unet.config.sample_size), in_channels=in_channels, noising_scheduler=noising)
+                      resolution=int(unet.config.sample_size), in_channels=in_channels, noising_scheduler=noising,
+                      prediction_type=prediction_type)

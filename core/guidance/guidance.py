@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from core.guidance.cascade import StageModel
 from core.guidance.prompts import PromptEmbeds
 from core.guidance.schedule import DEFAULT_T_MAX, DEFAULT_T_MIN, sample_timesteps
-from core.guidance.sds import add_noise, cfg, predict_x0, sds_weight, sds_x0_loss
+from core.guidance.sds import add_noise, cfg, epsilon_from_output, predict_x0, sds_weight, sds_x0_loss
 
 COND_LOW_RES = 64  # stage-II condition: the stage-I resolution the frozen render is reduced to
 
@@ -110,7 +110,10 @@ class SDSGuidance:
         out = unet(torch.cat([sample, sample], dim=0).to(dtype), t.expand(2 * batch),
                    encoder_hidden_states=text_batch(embeds, batch, dtype).to(x_t.device), return_dict=False,
                    **kwargs)[0]
-        eps_uncond, eps_text = out[:, :3].float().chunk(2, dim=0)  # channels 3:6 are the learned variance
+        # Channels 3:6 are the learned variance; the first 3 are eps for IF (see epsilon_from_output).
+        eps = epsilon_from_output(out[:, :3].float(), torch.cat([x_t, x_t], dim=0),
+                                  self.stage.alphas_cumprod[t], self.stage.prediction_type)
+        eps_uncond, eps_text = eps.chunk(2, dim=0)
         return cfg(eps_uncond, eps_text, self.guidance_scale)
 
     def _noised_condition(self, cond_images: torch.Tensor, generator: torch.Generator,

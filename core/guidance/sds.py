@@ -47,6 +47,30 @@ def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar_t: torch.Tensor, 
     return x0.clamp(-1.0, 1.0) if clamp else x0
 
 
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def epsilon_from_output(output: torch.Tensor, x_t: torch.Tensor, alpha_bar_t: torch.Tensor,
+                        prediction_type: str = "epsilon") -> torch.Tensor:
+    """The noise estimate implied by a UNet output of the scheduler's `prediction_type`.
+
+    DeepFloyd IF predicts eps. Small models trained from scratch on simple data learn the caption
+    far better as v-prediction (`v = sqrt(abar) eps - sqrt(1 - abar) x0`: at high noise v is
+    nearly -x0, so the text-dependent part of the target is O(1) instead of O(sqrt(abar))); the
+    demo cascade is one. With x_t = sqrt(abar) x0 + sqrt(1 - abar) eps:
+    eps = sqrt(abar) v + sqrt(1 - abar) x_t, and from an x0 ("sample") prediction
+    eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar).
+    """
+    if prediction_type == "epsilon":
+        return output
+    a = _broadcast(alpha_bar_t, x_t)
+    if prediction_type == "v_prediction":
+        return torch.sqrt(a) * output + torch.sqrt(1.0 - a) * x_t
+    if prediction_type == "sample":
+        return (x_t - torch.sqrt(a) * output) / torch.sqrt(1.0 - a)
+    raise ValueError(f"unsupported prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
+
+
 def sds_x0_loss(x: torch.Tensor, x0_hat: torch.Tensor, weight: torch.Tensor | float) -> torch.Tensor:
     """0.5 * w * sum((x - x0_hat)^2) / B with the target detached: its gradient is w (x - x0_hat) / B."""
     w = _broadcast(weight, x)
