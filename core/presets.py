@@ -1,9 +1,10 @@
 """Presets: every knob of one CasTex run, as frozen dataclasses, with validated overrides.
 
 `castex-xl-l` is the paper configuration; `cpu-demo` is sized to finish in minutes on 2 CPU
-cores with the offline demo cascade. Model references are Hub ids or local directories; the
-token `{models}` is replaced by the models root (CLI `--models`, env `CASTEX_MODELS`, default
-`./models`) so the demo preset needs nothing from the network.
+cores with the trained demo cascade that ships in `weights/`. Model references are Hub ids or
+local directories; the token `{models}` is replaced by the models root (CLI `--models`, env
+`CASTEX_MODELS`, default `./models`) and `{weights}` by the shipped weights directory, so the
+demo preset needs nothing from the network.
 """
 
 from __future__ import annotations
@@ -11,11 +12,22 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigError
 
 TINY_CASCADE_DIR = "{models}/tiny-cascade"
+# The trained demo cascade ships with the code (weights/demo-cascade, see its MODEL_CARD.md), so
+# `{weights}` resolves next to the packages: in a checkout, and in the working directory that
+# `ray job submit --working-dir .` unpacks on every node. CASTEX_WEIGHTS points elsewhere.
+DEMO_CASCADE_DIR = "{weights}/demo-cascade"
+_SHIPPED_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+
+
+def weights_root() -> str:
+    """Directory of the weights shipped with castex (`{weights}` in model references)."""
+    return os.environ.get("CASTEX_WEIGHTS") or str(_SHIPPED_WEIGHTS)
 
 
 @dataclass(frozen=True)
@@ -62,10 +74,15 @@ class Preset:
         return sum(s.steps for s in self.stages)
 
     def resolved(self, models_root: str | os.PathLike | None = None) -> "Preset":
-        """Replace `{models}` in model references by the models root directory."""
+        """Replace `{models}` (the models root) and `{weights}` (the shipped weights) in model references."""
         root = str(models_root or os.environ.get("CASTEX_MODELS", "models"))
-        stages = tuple(dataclasses.replace(s, model=s.model.replace("{models}", root)) for s in self.stages)
-        return dataclasses.replace(self, stages=stages, text_encoder=self.text_encoder.replace("{models}", root))
+        shipped = weights_root()
+
+        def resolve(ref: str) -> str:
+            return ref.replace("{models}", root).replace("{weights}", shipped)
+
+        stages = tuple(dataclasses.replace(s, model=resolve(s.model)) for s in self.stages)
+        return dataclasses.replace(self, stages=stages, text_encoder=resolve(self.text_encoder))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -91,10 +108,10 @@ PRESETS: dict[str, Preset] = {
         Preset(
             name="cpu-demo",
             stages=(
-                StageSpec("stage_1", TINY_CASCADE_DIR + "/stage_1", 120, 15.0, lr_step=40),
-                StageSpec("stage_2", TINY_CASCADE_DIR + "/stage_2", 40, 10.0, lr_step=40),
+                StageSpec("stage_1", DEMO_CASCADE_DIR + "/stage_1", 120, 15.0, lr_step=40),
+                StageSpec("stage_2", DEMO_CASCADE_DIR + "/stage_2", 40, 10.0, lr_step=40),
             ),
-            text_encoder=TINY_CASCADE_DIR + "/stage_1",
+            text_encoder=DEMO_CASCADE_DIR + "/stage_1",
             views=4,
             render_size=128,
             texture_size=256,

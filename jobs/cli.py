@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from core.errors import CastexError, ConfigError
+from core.errors import ConfigError
 
 DEFAULT_MODELS = os.environ.get("CASTEX_MODELS", "models")
 DEMO_STAGE1_SIZE, DEMO_STAGE2_SIZE = 32, 64
@@ -101,8 +101,15 @@ def parse_overrides(items: list[str]) -> dict[str, object]:
     return overrides
 
 
+def ensure_preset_models(preset, models_root: str) -> None:
+    """Build the tiny random cascade when a preset (or an override) refers to it: it is made
+    offline on first use. The shipped demo cascade (`{weights}`) needs nothing."""
+    if any("tiny-cascade" in ref for ref in preset.model_ids.values()):
+        ensure_tiny_cascade(models_root)
+
+
 def ensure_tiny_cascade(models_root: str, seed: int = 0) -> Path:
-    """The cpu-demo preset's models are built offline on first use (seconds)."""
+    """Write `MODELS/tiny-cascade` (the untrained test cascade) unless it is there (seconds)."""
     from core.guidance.tiny import write_tiny_cascade
 
     path = Path(models_root) / "tiny-cascade"
@@ -124,8 +131,7 @@ def run_texture(args: argparse.Namespace, mesh_path: str, prompt: str) -> int:
         raise ConfigError("the prompt is empty; say what the texture should look like")
     preset = get_preset(args.preset, parse_overrides(args.overrides)).resolved(args.models)
     mesh = load_mesh(mesh_path, max_faces=args.max_faces)  # fail fast, before loading models
-    if any("tiny-cascade" in s.model for s in preset.stages):
-        ensure_tiny_cascade(args.models)
+    ensure_preset_models(preset, args.models)
     start = time.perf_counter()
     texturer = Texturer(preset, device=args.device, rasterizer=args.rasterizer, environment=args.environment,
                         fg_cache_dir=Path(args.cache_dir) / "fg")
@@ -170,52 +176,54 @@ def run_gc(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from jobs.run import exit_code
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
-    try:
-        if args.command == "texture":
-            return run_texture(args, args.mesh, args.prompt)
-        if args.command == "demo":
-            from jobs.demo import run_demo
+    return exit_code(dispatch, build_parser().parse_args(argv))
 
-            return run_demo(args)
-        if args.command == "run":
-            from jobs.run import run_from_args
 
-            return run_from_args(args)
-        if args.command == "nightly":
-            from jobs.nightly import nightly_from_args
+def dispatch(args: argparse.Namespace) -> int:
+    """Run the chosen subcommand (CastexError propagates to `exit_code`)."""
+    if args.command == "texture":
+        return run_texture(args, args.mesh, args.prompt)
+    if args.command == "demo":
+        from jobs.demo import run_demo
 
-            return nightly_from_args(args)
-        if args.command == "gc":
-            return run_gc(args)
-        if args.command == "make-tiny-cascade":
-            from core.guidance.tiny import write_tiny_cascade
+        return run_demo(args)
+    if args.command == "run":
+        from jobs.run import run_from_args
 
-            path = write_tiny_cascade(Path(args.out or Path(args.models) / "tiny-cascade"), seed=args.seed,
-                                      stage1_size=DEMO_STAGE1_SIZE, stage2_size=DEMO_STAGE2_SIZE)
-            print(f"ok: tiny cascade written to {path}")
-            return 0
-        if args.command == "example-mesh":
-            from core.examples import write_example_mesh
+        return run_from_args(args)
+    if args.command == "nightly":
+        from jobs.nightly import nightly_from_args
 
-            print(f"ok: {write_example_mesh(args.name, args.out)}")
-            return 0
-        if args.command == "presets":
-            if args.examples:
-                from core.examples import EXAMPLE_MESHES
+        return nightly_from_args(args)
+    if args.command == "gc":
+        return run_gc(args)
+    if args.command == "make-tiny-cascade":
+        from core.guidance.tiny import write_tiny_cascade
 
-                print("\n".join(EXAMPLE_MESHES))
-            else:
-                from core.presets import PRESETS
+        path = write_tiny_cascade(Path(args.out or Path(args.models) / "tiny-cascade"), seed=args.seed,
+                                  stage1_size=DEMO_STAGE1_SIZE, stage2_size=DEMO_STAGE2_SIZE)
+        print(f"ok: tiny cascade written to {path}")
+        return 0
+    if args.command == "example-mesh":
+        from core.examples import write_example_mesh
 
-                for p in PRESETS.values():
-                    stages = " + ".join(f"{s.model} x{s.steps} (cfg {s.guidance_scale:g})" for s in p.stages)
-                    print(f"{p.name:12s} {p.views} views, {p.render_size}px renders, {p.texture_size}^2 textures: {stages}")
-            return 0
-    except CastexError as exc:
-        print(f"error [{exc.code}]: {exc}", file=sys.stderr)
-        return 2
+        print(f"ok: {write_example_mesh(args.name, args.out)}")
+        return 0
+    if args.command == "presets":
+        if args.examples:
+            from core.examples import EXAMPLE_MESHES
+
+            print("\n".join(EXAMPLE_MESHES))
+        else:
+            from core.presets import PRESETS
+
+            for p in PRESETS.values():
+                stages = " + ".join(f"{s.model} x{s.steps} (cfg {s.guidance_scale:g})" for s in p.stages)
+                print(f"{p.name:12s} {p.views} views, {p.render_size}px renders, {p.texture_size}^2 textures: {stages}")
+        return 0
     return 1
 
 

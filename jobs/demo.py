@@ -1,8 +1,8 @@
 """`castex demo` (what `make demo` runs): the batch job on an example manifest, all local, on CPU.
 
 Writes procedural example meshes and a Parquet manifest under OUT/inputs/, runs the same pipeline
-as `castex run` on a local Ray instance with the `cpu-demo` preset (the tiny offline cascade,
-built from config on first use, so nothing is downloaded), and copies each asset's preview and GLB out of the
+as `castex run` on a local Ray instance with the `cpu-demo` preset (the trained demo cascade that
+ships in weights/, so nothing is downloaded), and copies each asset's preview and GLB out of the
 shards into OUT/previews/ and OUT/assets/ so they can be opened directly. Running it again skips
 every asset already committed (the pipeline's resume), so the second run takes seconds.
 """

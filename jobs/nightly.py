@@ -43,7 +43,7 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from core.errors import CastexError, ConfigError
+from core.errors import ConfigError
 
 if TYPE_CHECKING:
     from pipeline.storage import Storage
@@ -236,14 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
-    try:
-        return nightly_from_args(args)
-    except CastexError as exc:
-        from pipeline.redact import redact
+    from jobs.run import exit_code
 
-        print(f"error [{exc.code}]: {redact(str(exc))}", file=sys.stderr)
-        return 2
+    return exit_code(nightly_from_args, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import sys
+from typing import Callable
 
 from core.errors import CastexError, ConfigError
 
@@ -99,10 +100,9 @@ def run_manifest(args: argparse.Namespace) -> dict:
     register_secrets(options)
     from core.presets import get_preset
 
-    if any("tiny-cascade" in s.model for s in get_preset(args.preset).stages):
-        from jobs.cli import ensure_tiny_cascade
+    from jobs.cli import ensure_preset_models
 
-        ensure_tiny_cascade(args.models)  # the offline demo cascade is built on first use
+    ensure_preset_models(get_preset(args.preset), args.models)
     config = RunConfig(manifest=args.manifest, out=args.out, preset=args.preset, storage_options=options,
                        run_id=args.run_id, models_root=args.models, device=args.device, rasterizer=args.rasterizer,
                        actors=args.actors, actor_num_cpus=args.actor_cpus, cache_dir=args.cache_dir)
@@ -113,18 +113,23 @@ def run_manifest(args: argparse.Namespace) -> dict:
     return run_pipeline(config, table)
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="castex run", description="Texture a manifest of meshes with Ray Data.")
-    add_run_arguments(parser)
-    args = parser.parse_args(argv)
+def exit_code(entry: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run an entry point: a CastexError becomes one `error [code]: ...` line (credentials masked)
+    on stderr and exit code 2, never a traceback. Shared by every `castex` command."""
     try:
-        return run_from_args(args)
+        return entry(args)
     except CastexError as exc:
         from pipeline.redact import redact
 
         print(f"error [{exc.code}]: {redact(str(exc))}", file=sys.stderr)
         return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="castex run", description="Texture a manifest of meshes with Ray Data.")
+    add_run_arguments(parser)
+    return exit_code(run_from_args, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

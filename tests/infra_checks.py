@@ -270,7 +270,8 @@ def command_problems(argv: list[str]) -> list[str]:
     from core.presets import PRESETS
 
     out = []
-    if ns.preset == "cpu-demo" or any("tiny-cascade" in s.model for s in PRESETS[ns.preset].stages):
+    if ns.preset == "cpu-demo" or any(demo in s.model for s in PRESETS[ns.preset].stages
+                                      for demo in ("tiny-cascade", "demo-cascade")):
         out.append(f"{module}: --preset {ns.preset} is the CPU demo cascade, not a production preset")
     if ns.device not in ("cuda", "auto"):
         out.append(f"{module}: --device {ns.device} on a GPU cluster")

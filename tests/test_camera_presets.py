@@ -1,6 +1,7 @@
 """Cameras follow the CasTex view distribution; presets and overrides validate."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +10,8 @@ from core.camera import ViewDistribution, make_views, preview_views, sample_view
 from core.errors import ConfigError
 from core.material import TextureSet
 from core.presets import PRESETS, get_preset
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _project(views, points):
@@ -73,7 +76,9 @@ def test_paper_preset_matches_the_notes():
 def test_overrides_validate():
     p = get_preset("cpu-demo", {"texture_size": 128, "stage_2.steps": 3}).resolved("/models")
     assert p.texture_size == 128 and p.stages[1].steps == 3
-    assert p.stages[0].model == "/models/tiny-cascade/stage_1"
+    assert p.stages[0].model == str(ROOT / "weights" / "demo-cascade" / "stage_1")  # {weights}: shipped
+    tiny = get_preset("cpu-demo", {"stage_1.model": "{models}/tiny-cascade/stage_1"}).resolved("/models")
+    assert tiny.stages[0].model == "/models/tiny-cascade/stage_1"
     with pytest.raises(ConfigError, match="unknown preset"):
         get_preset("nope")
     with pytest.raises(ConfigError, match="unknown override 'bogus'"):

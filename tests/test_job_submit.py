@@ -31,7 +31,6 @@ from pathlib import Path
 import pytest
 
 from batch_checks import UNSAFE_ID, Row, check_run, free_ports, make_meshes, manifest_bytes, validate_glbs
-from jobs.cli import ensure_tiny_cascade
 from leak_scan import files_under, find_secrets, objects_under
 from pipeline.storage import Storage
 from s3_server import S3Endpoint, s3  # noqa: F401
@@ -181,8 +180,7 @@ def _ray_cli(head: Head, *args: str, timeout: float = 120, **env: str) -> subpro
 
 
 def test_job_submit_runs_the_pipeline(ray_head: Head, tmp_path: Path) -> None:
-    models = ROOT / "models"
-    ensure_tiny_cascade(str(models))  # absolute path: models/ is not uploaded with the job
+    models = ROOT / "models"  # absolute: models/ is not uploaded (cpu-demo's cascade travels in weights/)
     meshes = make_meshes(tmp_path / "meshes")
     rows = [
         Row("vase", str(meshes["vase"]), "a red vase", "ok"),
@@ -219,6 +217,7 @@ def test_job_submit_runs_the_pipeline(ray_head: Head, tmp_path: Path) -> None:
     for pkg in uploaded:
         assert (pkg / "jobs" / "run.py").is_file()
         assert not any((pkg / d).exists() for d in (".venv", "models", ".git", "demo_out"))
+        assert (pkg / "weights" / "demo-cascade" / "stage_1" / "unet").is_dir()  # the shipped cascade travels
     # Neither the node credentials nor the cluster token reach the job's log or its output;
     # the node credentials appear in none of the head's logs (job driver, workers, agents).
     hits = find_secrets({"job log": logs.encode(), **objects_under(storage)},

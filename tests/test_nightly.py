@@ -384,24 +384,6 @@ def test_on_s3_plan_flush_report_and_refusal(s3, capsys) -> None:  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024 * 1024,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def models_root() -> str:
-    from jobs.cli import ensure_tiny_cascade
-
-    root = ROOT / "models"
-    ensure_tiny_cascade(str(root))
-    return str(root)
-
-
-@pytest.fixture(scope="module")
 def meshes(tmp_path_factory) -> dict[str, str]:
     from core.examples import write_example_mesh
 

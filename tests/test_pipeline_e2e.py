@@ -17,7 +17,6 @@ import pytest
 import trimesh
 
 from core.examples import write_example_mesh
-from jobs.cli import ensure_tiny_cascade
 from pipeline.config import RunConfig
 from pipeline.graph import run_pipeline
 from pipeline.index import read_index
@@ -30,22 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 FAST = json.dumps({"stage_1.steps": 2, "stage_2.steps": 1, "texture_size": 32, "render_size": 32,
                    "preview_size": 32, "views": 1, "preview_views": 1})
 UNSAFE_ID = "../weird id/ü?*"
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024 * 1024,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def models_root() -> str:
-    root = ROOT / "models"
-    ensure_tiny_cascade(str(root))
-    return str(root)
 
 
 def _manifest(tmp: Path) -> tuple[str, dict[str, str]]:

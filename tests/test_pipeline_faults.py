@@ -27,7 +27,6 @@ import pytest
 
 from actors.faults import AFTER_COMMIT, AFTER_OPTIMIZE, ENV_VAR, crash_count
 from core.examples import write_example_mesh
-from jobs.cli import ensure_tiny_cascade
 from pipeline.config import RunConfig
 from pipeline.index import committed_content_keys, list_runs, read_index, read_merged_index
 from pipeline.layout import parse_staging_name, success_path
@@ -42,13 +41,6 @@ BUNDLE_EXTS = ("albedo.png", "orm.png", "normal.png", "glb", "preview.png", "jso
 FAULTS = {"crash-mid": {"point": AFTER_OPTIMIZE, "times": 1},
           "crash-commit": {"point": AFTER_COMMIT, "times": 1},
           "poison": {"point": AFTER_OPTIMIZE, "times": 99}}
-
-
-@pytest.fixture(scope="module")
-def models_root() -> str:
-    root = ROOT / "models"
-    ensure_tiny_cascade(str(root))
-    return str(root)
 
 
 @pytest.fixture

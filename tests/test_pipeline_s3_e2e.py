@@ -32,7 +32,6 @@ s3fs = pytest.importorskip("s3fs")
 pytest.importorskip("aiohttp")  # fsspec's HTTP filesystem (presigned-URL rows)
 
 from batch_checks import UNSAFE_ID, Row, check_run, free_ports, make_meshes, manifest_bytes, validate_glbs  # noqa: E402
-from jobs.cli import ensure_tiny_cascade  # noqa: E402
 from leak_scan import files_under, find_secrets, objects_under  # noqa: E402
 from pipeline.config import RunConfig  # noqa: E402
 from pipeline.manifest import read_manifest  # noqa: E402
@@ -62,13 +61,6 @@ class Inputs:
     rows: list[Row]
     out_bucket: str
     secrets: tuple[str, ...]
-
-
-@pytest.fixture(scope="module")
-def models_root() -> str:
-    root = ROOT / "models"
-    ensure_tiny_cascade(str(root))
-    return str(root)
 
 
 @pytest.fixture(scope="module")

@@ -142,9 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--assets and --actors must be >= 1")
     import ray
 
-    from jobs.cli import ensure_tiny_cascade
+    from core.presets import get_preset
+    from jobs.cli import ensure_preset_models
 
-    ensure_tiny_cascade(args.models)
+    ensure_preset_models(get_preset(args.preset), args.models)
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="castex-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     options = overrides(args)

@@ -31,10 +31,9 @@ def main() -> None:
     args = ap.parse_args()
 
     preset = get_preset(args.preset).resolved(args.models)
-    if any("tiny-cascade" in s.model for s in preset.stages):
-        from jobs.cli import ensure_tiny_cascade
+    from jobs.cli import ensure_preset_models
 
-        ensure_tiny_cascade(args.models)
+    ensure_preset_models(preset, args.models)
     t0 = time.perf_counter()
     texturer = Texturer(preset, device=args.device)
     embeds = texturer.encode_prompts(["a red brick wall"])["a red brick wall"]

@@ -54,21 +54,25 @@ rug carpet basket bucket ladder fence gate pillar column arch fountain well mail
 front side back top bottom view left right
 """
 
-_PUNCTUATION = (",", ".", "!", "?", "-", "'", ":", ";", "(", ")")
+PUNCTUATION = (",", ".", "!", "?", "-", "'", ":", ";", "(", ")")
+
+
+def word_vocabulary(words) -> dict[str, int]:
+    """Special tokens first (T5 ids), then `words` and punctuation, in a fixed order."""
+    return {w: i for i, w in enumerate(dict.fromkeys(SPECIAL_TOKENS + tuple(words) + PUNCTUATION))}
 
 
 def tiny_vocabulary() -> dict[str, int]:
-    """Special tokens first (T5 ids), then words and punctuation in a fixed order."""
-    words = list(dict.fromkeys(SPECIAL_TOKENS + tuple(_WORDS.split()) + _PUNCTUATION))
-    return {w: i for i, w in enumerate(words)}
+    return word_vocabulary(_WORDS.split())
 
 
-def build_tokenizer():
-    """Word-level fast tokenizer: lowercase, whitespace/punctuation split, `</s>` appended like T5."""
+def build_tokenizer(vocab: dict[str, int] | None = None):
+    """Word-level fast tokenizer over `vocab` (default: the tiny cascade's): lowercase,
+    whitespace/punctuation split, `</s>` appended like T5, unknown words -> <unk>."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = tiny_vocabulary()
+    vocab = vocab if vocab is not None else tiny_vocabulary()
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -144,7 +148,7 @@ def build_noising_scheduler():
     return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
 
 
-def _save_tokenizer(tokenizer, dest: Path) -> None:
+def save_tokenizer(tokenizer, dest: Path) -> None:
     """Save, naming the generic fast class so transformers 4.x and 5.x both load it via AutoTokenizer."""
     tokenizer.save_pretrained(dest)
     config_path = dest / "tokenizer_config.json"
@@ -155,7 +159,7 @@ def _save_tokenizer(tokenizer, dest: Path) -> None:
 
 def _write_stage_1(dest: Path, seed: int, size: int) -> None:
     tokenizer = build_tokenizer()
-    _save_tokenizer(tokenizer, dest / "tokenizer")
+    save_tokenizer(tokenizer, dest / "tokenizer")
     torch.manual_seed(seed)
     build_text_encoder(len(tokenizer)).save_pretrained(dest / "text_encoder", safe_serialization=True)
     torch.manual_seed(seed + 1)

@@ -19,12 +19,11 @@ the saved scheduler uses `fixed_small` variance, which samplers read from the co
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from core.guidance.tiny import build_tokenizer as word_level_tokenizer
+from core.guidance.tiny import word_vocabulary
 from tools.demo_cascade.materials import vocabulary_words
-
-SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")  # T5's ids: pad 0, eos 1, unk 2
-PUNCTUATION = (",", ".", "!", "?", "-", "'", ":", ";", "(", ")")
 
 
 @dataclass(frozen=True)
@@ -38,28 +37,16 @@ class CascadeSpec:
     stage1_channels: tuple[int, ...] = (32, 64, 64)
     stage2_channels: tuple[int, ...] = (32, 64)
     attention_head_dim: int = 32
-    extra: dict = field(default_factory=dict)
 
 
 def vocabulary() -> dict[str, int]:
     """Special tokens, the caption words, punctuation. Any other word maps to <unk>."""
-    words = list(dict.fromkeys(SPECIAL_TOKENS + tuple(vocabulary_words()) + PUNCTUATION))
-    return {w: i for i, w in enumerate(words)}
+    return word_vocabulary(vocabulary_words())
 
 
 def build_tokenizer():
-    """Word-level fast tokenizer (lowercase, whitespace/punctuation split, `</s>` appended as T5)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = vocabulary()
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
-                                                       special_tokens=[("</s>", vocab["</s>"])])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-                                   model_max_length=77)
+    """Word-level fast tokenizer over the caption vocabulary (the tiny cascade's tokenizer recipe)."""
+    return word_level_tokenizer(vocabulary())
 
 
 def build_text_encoder(spec: CascadeSpec, vocab_size: int):

@@ -163,12 +163,18 @@ def random_material(rng: np.random.Generator, *, object_prob: float = 0.2, two_c
 
 # ---- pattern masks: float [H, W] in [0, 1], 1 = second tone; second tone covers < 50 % --------
 
-def _grid(size: int, rng: np.random.Generator, rotate: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel-centre coordinates in [0, 1), randomly rotated (by a multiple of 90 degrees or freely)."""
+# Orientations a pattern family is drawn in: "none", multiples of 90 or 45 degrees, or any angle.
+# Kept narrow on purpose: with free rotations for every family the second cascade (5500 steps)
+# drew recognizable patterns but mixed the families up (held-out pattern accuracy 30 %).
+_ANGLE_STEPS = {"quarter": np.pi / 2, "eighth": np.pi / 4}
+
+
+def _grid(size: int, rng: np.random.Generator, rotate: str = "none") -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates in [0, 1), rotated about the centre as `rotate` allows (see above)."""
     ax = (np.arange(size, dtype=np.float32) + 0.5) / size
     v, u = np.meshgrid(ax, ax, indexing="ij")
-    if rotate:
-        angle = rng.uniform(0, np.pi) if rng.random() < 0.5 else rng.integers(4) * np.pi / 2
+    if rotate != "none":
+        angle = rng.uniform(0, np.pi) if rotate == "free" else rng.integers(4) * _ANGLE_STEPS[rotate]
         c, s = np.cos(angle), np.sin(angle)
         u, v = c * (u - 0.5) - s * (v - 0.5) + 0.5, s * (u - 0.5) + c * (v - 0.5) + 0.5
     return u.astype(np.float32), v.astype(np.float32)
@@ -195,20 +201,20 @@ def _fbm(size: int, rng: np.random.Generator, base: int = 3, octaves: int = 4) -
 
 
 def _checker(size, rng):
-    u, v = _grid(size, rng)
-    n = rng.uniform(3, 7)
+    u, v = _grid(size, rng, rotate="quarter")
+    n = rng.uniform(3, 6)
     return ((np.floor(u * n) + np.floor(v * n)) % 2).astype(np.float32)
 
 
 def _stripes(size, rng):
-    u, _ = _grid(size, rng)
-    n = rng.uniform(3, 8)
+    u, _ = _grid(size, rng, rotate="eighth")
+    n = rng.uniform(3, 6)
     duty = rng.uniform(0.3, 0.45)
     return ((u * n + rng.random()) % 1.0 < duty).astype(np.float32)
 
 
 def _dots(size, rng):
-    u, v = _grid(size, rng, rotate=False)
+    u, v = _grid(size, rng)
     n = rng.uniform(3, 6)
     fu, fv = (u * n + rng.random()) % 1.0 - 0.5, (v * n + rng.random()) % 1.0 - 0.5
     r = rng.uniform(0.22, 0.32)
@@ -216,7 +222,7 @@ def _dots(size, rng):
 
 
 def _bricks(size, rng):
-    u, v = _grid(size, rng, rotate=False)
+    u, v = _grid(size, rng)
     if rng.random() < 0.5:
         u, v = v, u
     rows = rng.uniform(4, 7)
@@ -229,7 +235,7 @@ def _bricks(size, rng):
 
 
 def _tiles(size, rng):
-    u, v = _grid(size, rng, rotate=False)
+    u, v = _grid(size, rng)
     n = rng.uniform(3, 6)
     grout = rng.uniform(0.07, 0.12)
     fu, fv = (u * n + rng.random()) % 1.0, (v * n + rng.random()) % 1.0
@@ -237,7 +243,7 @@ def _tiles(size, rng):
 
 
 def _wood(size, rng):
-    u, v = _grid(size, rng)
+    u, v = _grid(size, rng, rotate="quarter")
     warp = _fbm(size, rng, base=2, octaves=3)
     rings = (u * rng.uniform(5, 9) + 1.5 * warp + 0.15 * v) % 1.0
     grain = 0.5 + 0.5 * np.sin(2 * np.pi * rings)
@@ -246,7 +252,7 @@ def _wood(size, rng):
 
 
 def _marble(size, rng):
-    u, v = _grid(size, rng)
+    u, v = _grid(size, rng, rotate="free")
     turb = _fbm(size, rng, base=3, octaves=4)
     veins = np.abs(np.sin((u * rng.uniform(2, 4) + 4.0 * turb) * np.pi))
     return np.clip(1.0 - veins / 0.35, 0, 1).astype(np.float32) ** 0.8
@@ -271,7 +277,7 @@ def _jitter(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def _silhouette(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A random blobby object mask and a Lambert-like shading factor over it."""
-    u, v = _grid(size, rng, rotate=False)
+    u, v = _grid(size, rng)
     cx, cy = rng.uniform(0.4, 0.6, 2)
     rx, ry = rng.uniform(0.25, 0.42, 2)
     wobble = 1.0 + 0.15 * (_value_noise(size, rng, 3) - 0.5)

@@ -1,6 +1,6 @@
 """Train the demo cascade (stage I, stage II and the T5 encoder jointly) and save it in the IF layout.
 
-    python -m tools.demo_cascade.train --out weights/demo-cascade [--steps 5500] [--seed 0]
+    python -m tools.demo_cascade.train --out weights/demo-cascade [--steps 6500] [--seed 0]
 
 Seeded and single-process: the same seed and thread count give the same weights. Each step draws
 fresh procedural swatches (so there is no dataset to store), trains stage I on the 32 px version
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core.guidance.tiny import save_tokenizer
 from tools.demo_cascade.architecture import (CascadeSpec, build_noising_scheduler, build_scheduler, build_text_encoder,
                                              build_tokenizer, build_unet, unet_config)
 from tools.demo_cascade.data import make_batch
@@ -136,7 +137,7 @@ class Trainer:
         with tempfile.TemporaryDirectory(prefix=".train-", dir=out.parent) as tmp:
             root = Path(tmp) / out.name
             s1, s2 = root / "stage_1", root / "stage_2"
-            _save_tokenizer(self.tokenizer, s1 / "tokenizer")
+            save_tokenizer(self.tokenizer, s1 / "tokenizer")
             self.ema["text_encoder"].save_pretrained(s1 / "text_encoder", safe_serialization=True)
             self.ema["unet1"].save_pretrained(s1 / "unet", safe_serialization=True)
             build_scheduler().save_pretrained(s1 / "scheduler")
@@ -151,19 +152,10 @@ class Trainer:
             root.replace(out)
 
 
-def _save_tokenizer(tokenizer, dest: Path) -> None:
-    """Save naming the generic fast class, so transformers 4.x and 5.x both load it via AutoTokenizer."""
-    tokenizer.save_pretrained(dest)
-    path = dest / "tokenizer_config.json"
-    config = json.loads(path.read_text())
-    config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tools.demo_cascade.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="weights/demo-cascade", help="output directory (IF layout)")
-    p.add_argument("--steps", type=int, default=5500)
+    p.add_argument("--steps", type=int, default=6500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch1", type=int, default=16, help="stage I batch (32 px images)")
     p.add_argument("--batch2", type=int, default=8, help="stage II batch (crops)")
