@@ -38,7 +38,7 @@ bench: $(STAMP)
 	$(PY) -m tools.bench_raster
 	$(PY) -m tools.bench_step
 
-# Retrain the shipped demo cascade (seeded, ~40 min on 2 cores; see weights/demo-cascade/MODEL_CARD.md)
+# Retrain the shipped demo cascade (seeded, ~50 min on 2 cores with the probes; see weights/demo-cascade/MODEL_CARD.md)
 # and check it: held-out colour/pattern accuracy, then SDS hue on two meshes (~30 min).
 demo-cascade: $(STAMP)
 	$(PY) -m tools.demo_cascade.train --out weights/demo-cascade --probe-every 1000

@@ -1,4 +1,4 @@
-"""End-to-end batch run on local Ray (2 CPUs) with the tiny cascade: index, shards, resume.
+"""End-to-end batch run on local Ray (2 CPUs) with the shipped demo cascade (cpu-demo): index, shards, resume.
 
 One Ray instance for the whole module (start-up costs seconds). The preset is cpu-demo shrunk by
 per-row options so each asset takes seconds; the manifest mixes good rows with a bad mesh, an

@@ -1,4 +1,4 @@
-"""Fault acceptance of the batch pipeline on local Ray (2 CPUs, tiny cascade, seconds per asset).
+"""Fault acceptance of the batch pipeline on local Ray (2 CPUs, shipped demo cascade, seconds per asset).
 
 (a) A texture actor's process dies inside an asset (SIGKILL through the test-only hook in
     `actors.faults`): Ray restarts the actor and retries the row a bounded number of times; the

@@ -1,5 +1,5 @@
 """Batch runs against S3 end to end: moto in server mode holds the manifest and the meshes, the
-output goes to `s3://`, and the real pipeline runs on local Ray (2 CPUs) with the tiny cascade.
+output goes to `s3://`, and the real pipeline runs on local Ray (2 CPUs) with the shipped demo cascade.
 
 Two ways of handing the endpoint and credentials to the run are exercised, because production
 uses both: the standard AWS variables (read by botocore in the driver *and* in every Ray worker,

@@ -63,7 +63,8 @@ def dominant_hue(albedo: np.ndarray) -> str | None:
     return best if votes[best] > 0 else None
 
 
-def texture_once(texturer, mesh, prompt: str, seed: int, cache_dir: str) -> np.ndarray:
+def texture_once(texturer, mesh, prompt: str, seed: int, cache_dir: str):
+    """One full per-asset optimization; returns (albedo [H, W, 3] numpy, the TextureResult)."""
     embeds = texturer.encode_prompts([prompt], cache_dir=cache_dir)[prompt]
     result = texturer.texture(mesh, embeds, seed=seed)
     return result.textures.albedo.detach().cpu().numpy(), result
@@ -76,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="cpu-demo")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--previews", default=None, help="directory for preview PNGs of every run")
+    p.add_argument("--threads", type=int, default=2,
+                   help="torch threads (run one process per mesh with --threads 1 on 2 cores)")
     args = p.parse_args(argv)
 
     import torch
@@ -85,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     from core.presets import get_preset
     from core.texturer import Texturer
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     texturer = Texturer(get_preset(args.preset).resolved(), device="cpu", rasterizer="torch")
     failed_meshes = 0
     with tempfile.TemporaryDirectory() as tmp:
