@@ -58,6 +58,9 @@ class RunConfig:
     # Per-asset time used for Ray Data's no-progress timeout: preset.expected_seconds_gpu times
     # this factor on CPU (CPU runs are far slower than the GPU estimate).
     cpu_slowdown: float = 20.0
+    # torch threads per CPU actor; None = the cluster's CPUs shared evenly over the actors. Fixing
+    # it (e.g. 1) holds each actor's compute constant as actors are added, as a GPU per actor does.
+    cpu_threads_per_actor: int | None = None
 
     def resolved_models_root(self) -> str:
         """Absolute, because Ray workers need not share the driver's working directory."""

@@ -399,8 +399,9 @@ def _map_batches(ds: Any, fn: type, **kwargs: Any) -> Any:
         return ds.map_batches(fn, **kwargs)
 
 
-def _cpu_threads(gpu: bool, n_actors: int) -> int | None:
-    """torch threads per CPU actor: the cluster's CPUs shared evenly (None on GPU: torch default).
+def _cpu_threads(gpu: bool, n_actors: int, fixed: int | None = None) -> int | None:
+    """torch threads per CPU actor: `fixed`, else the cluster's CPUs shared evenly (None on GPU:
+    torch default).
 
     An approximation on multi-node clusters (actors are not spread evenly per node); the actor
     caps it at its machine's core count."""
@@ -408,6 +409,8 @@ def _cpu_threads(gpu: bool, n_actors: int) -> int | None:
 
     if gpu:
         return None
+    if fixed is not None:
+        return max(1, int(fixed))
     return max(1, int(ray.cluster_resources().get("CPU", 1) // max(1, n_actors)))
 
 
@@ -421,7 +424,7 @@ def _texture_stage(rows: list[dict[str, Any]], run_id: str, models_root: str, ca
     kwargs = {"preset": config.preset, "commit": committer, "models_root": models_root, "device": device,
               "rasterizer": config.rasterizer, "cache_dir": cache_dir, "max_faces": config.max_faces,
               "fetch": functools.partial(fetch_mesh, storage_options=config.storage_options),
-              "num_threads": _cpu_threads(gpu, n_actors)}
+              "num_threads": _cpu_threads(gpu, n_actors, config.cpu_threads_per_actor)}
     # One block per row so rows spread over the actors instead of queueing behind one.
     ds = _map_batches(ray.data.from_items(rows, override_num_blocks=len(rows)), actor_cls,
                       fn_constructor_kwargs=kwargs, batch_size=1,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import pickle
 
+import pytest
+
 from core.examples import write_example_mesh
 from pipeline.config import RunConfig
 from pipeline.graph import Committer, compute_content_key
@@ -51,3 +53,15 @@ def test_config_paths_are_absolute(tmp_path, monkeypatch):
     cfg = RunConfig(manifest="m", out="o", models_root="models", cache_dir="c")
     assert cfg.resolved_models_root() == str(tmp_path / "models")
     assert cfg.resolved_cache_dir() == str(tmp_path / "c")
+
+
+def test_cpu_threads_per_actor_share_or_fixed(monkeypatch):
+    """CPU actors share the cluster's cores unless a fixed per-actor count is configured; GPU actors keep torch's default."""
+    ray = pytest.importorskip("ray")
+    from pipeline.graph import _cpu_threads
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0})
+    assert _cpu_threads(False, 1) == 8 and _cpu_threads(False, 3) == 2 and _cpu_threads(False, 16) == 1
+    assert _cpu_threads(False, 2, fixed=1) == 1 and _cpu_threads(False, 1, fixed=1) == 1
+    assert _cpu_threads(True, 2) is None and _cpu_threads(True, 2, fixed=1) is None
+    assert RunConfig(manifest="m", out="o").cpu_threads_per_actor is None

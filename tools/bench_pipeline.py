@@ -48,6 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--preview-size", type=int, default=None)
     ap.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
     ap.add_argument("--actor-cpus", type=float, default=0.5, help="Ray CPU reservation per actor (default 0.5)")
+    ap.add_argument("--threads-per-actor", type=int, default=None,
+                    help="torch threads per actor, the same in every run (default: the CPUs shared evenly, "
+                         "as `castex run` does; 1 on 2 cores compares 2 actors with 1 at equal compute per actor)")
     ap.add_argument("--models", default=os.environ.get("CASTEX_MODELS", "models"))
     ap.add_argument("--workdir", default=None, help="where manifests/outputs go (default: a temp dir, removed)")
     ap.add_argument("--cold", action="store_true", help="do not pre-compute the FG table (count it in wall)")
@@ -112,7 +115,8 @@ def run_once(args: argparse.Namespace, workdir: Path, manifest: str, actors: int
         shutil.copy(fg_file, cache / "fg" / fg_file.name)
     config = RunConfig(manifest=manifest, out=str(out), preset=args.preset, run_id=f"bench-a{actors}",
                        models_root=args.models, device="cpu", rasterizer="torch", actors=actors,
-                       actor_num_cpus=args.actor_cpus, cache_dir=str(cache))
+                       actor_num_cpus=args.actor_cpus, cache_dir=str(cache),
+                       cpu_threads_per_actor=args.threads_per_actor)
     t0 = time.perf_counter()
     summary = run_pipeline(config)
     wall = time.perf_counter() - t0
@@ -156,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cpus = int(ray.cluster_resources().get("CPU", 0))
         print(f"bench_pipeline: {args.assets} assets, preset {args.preset}, overrides {json.dumps(options)}, "
-              f"{cpus} Ray CPUs, actor counts {counts}, FG table "
+              f"{cpus} Ray CPUs, actor counts {counts}, torch threads per actor "
+              f"{args.threads_per_actor or 'CPUs / actors'}, FG table "
               + ("cold (in wall)" if args.cold else f"pre-computed in {fg_seconds:.1f}s (not in wall)"))
         results = []
         for n in counts:
