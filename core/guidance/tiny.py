@@ -132,12 +132,13 @@ def build_unet(sample_size: int, *, super_resolution: bool):
     return UNet2DConditionModel(**tiny_unet_config(sample_size, super_resolution=super_resolution)).eval()
 
 
-def build_scheduler():
-    """IF's training schedule: 1000 DDPM steps, cosine betas, learned-range variance."""
+def build_scheduler(*, prediction_type: str = "epsilon", variance_type: str = "learned_range"):
+    """IF's training schedule: 1000 DDPM steps, cosine betas, learned-range variance, eps
+    prediction (the demo cascade keeps the schedule but predicts v with fixed variance)."""
     from diffusers import DDPMScheduler
 
-    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", variance_type="learned_range",
-                         prediction_type="epsilon", thresholding=True, dynamic_thresholding_ratio=0.95,
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", variance_type=variance_type,
+                         prediction_type=prediction_type, thresholding=True, dynamic_thresholding_ratio=0.95,
                          sample_max_value=1.5, clip_sample=True)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.guidance.tiny import build_scheduler as if_scheduler
 from core.guidance.tiny import build_tokenizer as word_level_tokenizer
 from core.guidance.tiny import word_vocabulary
 from tools.demo_cascade.materials import vocabulary_words
@@ -96,15 +97,4 @@ def build_unet(spec: CascadeSpec, *, super_resolution: bool):
 
 def build_scheduler():
     """IF's cosine 1000-step DDPM schedule, v-prediction, fixed variance (see the module docstring)."""
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", variance_type="fixed_small",
-                         prediction_type="v_prediction", thresholding=True, dynamic_thresholding_ratio=0.95,
-                         sample_max_value=1.5, clip_sample=True)
-
-
-def build_noising_scheduler():
-    """IF-II's image-noising scheduler for the low-res condition."""
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    return if_scheduler(prediction_type="v_prediction", variance_type="fixed_small")

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.guidance.tiny import save_tokenizer
-from tools.demo_cascade.architecture import (CascadeSpec, build_noising_scheduler, build_scheduler, build_text_encoder,
-                                             build_tokenizer, build_unet, unet_config)
+from core.guidance.tiny import build_noising_scheduler, save_tokenizer
+from tools.demo_cascade.architecture import (CascadeSpec, build_scheduler, build_text_encoder, build_tokenizer,
+                                             build_unet, unet_config)
 from tools.demo_cascade.data import make_batch
 from tools.demo_cascade.materials import COLOURS, HELD_OUT, PATTERNS
 
