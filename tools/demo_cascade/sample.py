@@ -17,8 +17,8 @@ from core.guidance.prompts import PromptEncoder
 
 
 def ddim_sample(stage: StageModel, text: torch.Tensor, uncond: torch.Tensor, shape: tuple[int, ...], steps: int,
-          guidance: float, gen: torch.Generator, cond: torch.Tensor | None = None,
-          class_labels: torch.Tensor | None = None) -> torch.Tensor:
+                guidance: float, gen: torch.Generator, cond: torch.Tensor | None = None,
+                class_labels: torch.Tensor | None = None) -> torch.Tensor:
     """DDIM (eta 0) with CFG; returns x0 in [-1, 1]. `text`/`uncond` are [B, L, D]."""
     from diffusers import DDIMScheduler
 
@@ -71,6 +71,6 @@ class CascadeSampler:
         level = torch.full((n,), noise_level, dtype=torch.long)
         cond = self.stage2.noising_scheduler.add_noise(up, torch.randn(up.shape, generator=gen), level)
         high = ddim_sample(self.stage2, text, uncond, (n, 3, r2, r2), steps2, guidance2, gen, cond=cond,
-                     class_labels=level)
+                           class_labels=level)
         images = (high + 1) * 0.5
         return (images, (low + 1) * 0.5) if return_low else images
