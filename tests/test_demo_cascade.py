@@ -65,6 +65,16 @@ def test_main_colour_dominates_single_colour_swatches():
             assert dominant_colour(image) == colour, (colour, pattern)
 
 
+def test_pattern_loss_ignores_the_mean_colour_and_sees_the_pattern():
+    from tools.demo_cascade.train import pattern_loss
+
+    x0 = torch.rand(2, 3, 8, 8) * 2 - 1
+    shifted = x0 + torch.tensor([0.3, -0.2, 0.5]).view(1, 3, 1, 1)  # same pattern, other colour
+    assert pattern_loss(shifted, x0).item() < 1e-10
+    flat = x0.mean(dim=(2, 3), keepdim=True).expand_as(x0)  # right colour, no pattern
+    assert pattern_loss(flat, x0).item() == pytest.approx(x0.var(dim=(2, 3), unbiased=False).mean().item(), rel=1e-5)
+
+
 def test_hue_judge():
     red = np.zeros((8, 8, 3), np.float32) + np.array([0.8, 0.1, 0.1], np.float32)
     red[:2] = 0.5  # grey texels (the initial albedo) do not vote

@@ -45,8 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=4, help="samples per caption")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--grid", default=None, help="write a PNG grid of the samples (one row per caption)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads")
     args = p.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
 
     t0 = time.time()
     judge, judge_acc = train_pattern_classifier(seed=args.seed)
