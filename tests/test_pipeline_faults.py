@@ -130,17 +130,42 @@ def test_actor_killed_mid_asset_is_restarted_and_row_retried(ray_with_faults, mo
 # -- (b) driver killed mid-run -------------------------------------------------------------------
 
 
-def _group_alive(pgid: int) -> bool:
-    """True while a non-zombie process of process group `pgid` exists (reads /proc)."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+RUN_MARKER = "CASTEX_TEST_RUN"  # environment variable that tags every process of one test run
+
+
+def _run_processes(marker: str) -> list[int]:
+    """Live (non-zombie) processes whose environment carries RUN_MARKER=marker (reads /proc).
+
+    Why the environment and not the process group: the raylet can start workers outside the driver's
+    process group, so a `killpg` of the driver can leave an actor alive for a moment, and one that
+    was inside a commit finishes it after the kill. Every process of the run inherits the driver's
+    environment, so the marker finds them all.
+    """
+    tag = f"{RUN_MARKER}={marker}".encode()
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
         try:
-            text = stat.read_text()
-        except OSError:
+            stat = (proc / "stat").read_text()
+            if stat[stat.rfind(")") + 2:].split()[0] == "Z":
+                continue
+            if tag in (proc / "environ").read_bytes().split(b"\0"):
+                pids.append(int(proc.name))
+        except (OSError, IndexError, ValueError):
             continue
-        fields = text[text.rfind(")") + 2:].split()
-        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
-            return True
-    return False
+    return pids
+
+
+def _kill_run(marker: str, timeout: float = 60.0) -> None:
+    """SIGKILL every process of the run (a machine crash of driver, raylet, GCS and workers) and wait."""
+    deadline = time.monotonic() + timeout
+    while pids := _run_processes(marker):
+        assert time.monotonic() < deadline, f"processes of the killed run survive: {pids}"
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
 
 
 def _committed_ok(out: Path) -> int:
@@ -155,8 +180,10 @@ def _run_cmd(manifest: str, out: Path, models: str, cache: Path) -> list[str]:
             "--cache-dir", str(cache)]
 
 
-def _env() -> dict[str, str]:
+def _env(marker: str = "") -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", ENV_VAR)}
+    if marker:
+        env[RUN_MARKER] = marker
     # Ray starts workers at niceness 15; on a shared test machine they then starve for minutes.
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", RAY_worker_niceness="0")
     return env
@@ -172,7 +199,8 @@ def test_driver_killed_then_rerun_textures_only_missing_rows(models_root, tmp_pa
     # First run: its own process group (driver + the local Ray it starts), killed as a whole.
     log1 = tmp_path / "run1.log"
     with open(log1, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT,
+        marker = f"{os.getpid()}-{time.time_ns()}"
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(marker), stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     deadline = time.monotonic() + 900  # generous: the machine may be shared
     while _committed_ok(out) < 1:
@@ -184,10 +212,7 @@ def test_driver_killed_then_rerun_textures_only_missing_rows(models_root, tmp_pa
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
-    deadline = time.monotonic() + 60
-    while _group_alive(proc.pid):  # raylet, GCS and workers of the killed run
-        assert time.monotonic() < deadline, "processes of the killed run survive"
-        time.sleep(0.2)
+    _kill_run(marker)  # raylet, GCS and workers of the killed run, in its process group or not
 
     (first,) = list_runs(Storage(str(out)))
     assert not (out / success_path(first)).exists(), "the first run finished before it was killed"
