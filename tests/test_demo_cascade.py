@@ -28,12 +28,17 @@ CASCADE = ROOT / "weights" / "demo-cascade"
 def test_generator_covers_families_colours_and_captions():
     assert len(M.PATTERNS) >= 8 and len(M.COLOURS) >= 10
     rng = np.random.default_rng(0)
-    seen_patterns, seen_colours, two_colour = set(), set(), 0
+    seen_patterns, seen_colours, two_colour, bare = set(), set(), 0, 0
     for _ in range(600):
         image, caption, material = M.sample(rng)
         assert image.shape == (64, 64, 3) and image.dtype == np.float32
         assert 0.0 <= image.min() and image.max() <= 1.0
-        assert material.colour in caption.split()  # the main colour is always named
+        if not set(caption.split()) & set(M.COLOURS):  # a bare caption: the pattern alone
+            assert material.second is None and material.on_object is None
+            assert set(caption.split()) & set(" ".join(M.PATTERNS + ("striped", "brick", "dot", "plain")).split())
+            bare += 1
+        else:
+            assert material.colour in caption.split()  # else the main colour is always named
         assert all(w in M.vocabulary_words() for w in caption.split())
         assert (material.colour, material.pattern) not in M.HELD_OUT
         seen_patterns.add(material.pattern)
@@ -41,6 +46,7 @@ def test_generator_covers_families_colours_and_captions():
         two_colour += material.second is not None and material.second in caption.split()
     assert seen_patterns == set(M.PATTERNS) and seen_colours == set(M.COLOURS)
     assert two_colour > 30
+    assert 30 < bare < 120  # about 15 % of the single-colour swatches off objects
 
 
 def test_generator_is_seeded():
@@ -54,6 +60,13 @@ def test_held_out_pairs_are_unseen_but_their_parts_are_seen():
     for colour, pattern in M.HELD_OUT:
         assert sum(M.allowed(colour, p) for p in M.PATTERNS) >= 5
         assert sum(M.allowed(c, pattern) for c in M.COLOURS) >= 8
+
+
+def test_seen_control_pairs_are_drawn_in_training_and_cover_every_family():
+    captions = M.seen_captions()
+    assert len({c for c, _ in captions}) == 20
+    assert all(M.allowed(m.colour, m.pattern) for _, m in captions)
+    assert {m.pattern for _, m in captions} == set(M.PATTERNS)
 
 
 def test_main_colour_dominates_single_colour_swatches():
@@ -73,6 +86,20 @@ def test_pattern_loss_ignores_the_mean_colour_and_sees_the_pattern():
     assert pattern_loss(shifted, x0).item() < 1e-10
     flat = x0.mean(dim=(2, 3), keepdim=True).expand_as(x0)  # right colour, no pattern
     assert pattern_loss(flat, x0).item() == pytest.approx(x0.var(dim=(2, 3), unbiased=False).mean().item(), rel=1e-5)
+
+
+def test_pattern_judge_training_warp_bends_but_keeps_the_image():
+    from tools.demo_cascade.classifiers import _warp
+
+    x = torch.from_numpy(M.render_material(M.Material("checkerboard", "red"), np.random.default_rng(0)))
+    x = x.permute(2, 0, 1).unsqueeze(0)
+    bent = _warp(x, torch.Generator().manual_seed(0))
+    again = _warp(x, torch.Generator().manual_seed(0))
+    assert bent.shape == x.shape and torch.equal(bent, again)
+    assert 0.0 <= bent.min() and bent.max() <= 1.0
+    moved = (bent - x).abs().mean().item()
+    assert 0.02 < moved < 0.3  # visibly bent (edges move), not scrambled
+    assert (bent.mean() - x.mean()).abs() < 0.03  # same colours
 
 
 def test_hue_judge():

@@ -67,6 +67,11 @@ _TWO = {
     "tiles": ("{c} tiles with {d} grout",),
 }
 _OBJECT_FORMS = ("a {o} made of {m}", "a {c} {o}")
+# Pattern words alone ("a checkerboard", "wood grain"), on swatches of any colour: the pattern
+# word must then carry the whole structure by itself, which is what composing it with a colour it
+# never appeared next to needs (held-out pairs stay out of the images as well).
+_BARE = {p: tuple(f.replace("{c} ", "").replace(" {c}", "") for f in forms if f != "{c}")
+         for p, forms in _ONE.items()}
 
 
 def _dist2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -117,7 +122,11 @@ class Material:
     second: str | None = None
     on_object: str | None = None  # composited onto this object's silhouette
 
-    def caption(self, rng: np.random.Generator) -> str:
+    def caption(self, rng: np.random.Generator, *, bare: bool = False) -> str:
+        """The caption; `bare` names the pattern family without colours ("a checkerboard"), for
+        single-colour swatches that are not on an object."""
+        if bare and self.second is None and self.on_object is None:
+            return str(rng.choice(_BARE[self.pattern]))
         if self.second is not None:
             text = str(rng.choice(_TWO[self.pattern])).format(c=self.colour, d=self.second)
         else:
@@ -202,42 +211,47 @@ def _fbm(size: int, rng: np.random.Generator, base: int = 3, octaves: int = 4) -
 
 def _checker(size, rng):
     u, v = _grid(size, rng, rotate="quarter")
-    n = rng.uniform(3, 6)
+    n = rng.uniform(2.5, 5)
     return ((np.floor(u * n) + np.floor(v * n)) % 2).astype(np.float32)
 
 
 def _stripes(size, rng):
     u, _ = _grid(size, rng, rotate="eighth")
-    n = rng.uniform(3, 6)
+    n = rng.uniform(2.5, 5)
     duty = rng.uniform(0.3, 0.45)
     return ((u * n + rng.random()) % 1.0 < duty).astype(np.float32)
 
 
 def _dots(size, rng):
+    """Dots on a hexagonal lattice: on a square one, dots blurred to 32 px read as a checkerboard
+    turned 45 degrees."""
     u, v = _grid(size, rng)
-    n = rng.uniform(3, 6)
-    fu, fv = (u * n + rng.random()) % 1.0 - 0.5, (v * n + rng.random()) % 1.0 - 0.5
-    r = rng.uniform(0.22, 0.32)
+    n = rng.uniform(2.5, 4.5)
+    row_pitch = np.sqrt(3.0) / 2.0  # hexagonal rows are sqrt(3)/2 of the dot spacing apart
+    y = v * n / row_pitch + rng.random()
+    row = np.floor(y)
+    fu = (u * n + rng.random() + 0.5 * (row % 2)) % 1.0 - 0.5
+    fv = (y % 1.0 - 0.5) * row_pitch
+    r = rng.uniform(0.24, 0.34)
     return (fu ** 2 + fv ** 2 < r ** 2).astype(np.float32)
 
 
 def _bricks(size, rng):
+    """Horizontal courses only: turned by 90 degrees, bricks blurred to 32 px pass for tiles."""
     u, v = _grid(size, rng)
-    if rng.random() < 0.5:
-        u, v = v, u
-    rows = rng.uniform(4, 7)
+    rows = rng.uniform(3, 5)
     y = v * rows + rng.random()
     row = np.floor(y)
     x = u * rows / 2.0 + 0.5 * (row % 2) + rng.random()
-    mortar = rng.uniform(0.08, 0.14)
+    mortar = rng.uniform(0.14, 0.2)
     fy, fx = y % 1.0, x % 1.0
     return ((fy < mortar) | (fx < mortar * 0.6)).astype(np.float32)
 
 
 def _tiles(size, rng):
     u, v = _grid(size, rng)
-    n = rng.uniform(3, 6)
-    grout = rng.uniform(0.07, 0.12)
+    n = rng.uniform(2.5, 4)
+    grout = rng.uniform(0.18, 0.24)
     fu, fv = (u * n + rng.random()) % 1.0, (v * n + rng.random()) % 1.0
     return ((fu < grout) | (fv < grout)).astype(np.float32)
 
@@ -255,7 +269,7 @@ def _marble(size, rng):
     u, v = _grid(size, rng, rotate="free")
     turb = _fbm(size, rng, base=3, octaves=4)
     veins = np.abs(np.sin((u * rng.uniform(2, 4) + 4.0 * turb) * np.pi))
-    return np.clip(1.0 - veins / 0.35, 0, 1).astype(np.float32) ** 0.8
+    return np.clip(1.0 - veins / 0.5, 0, 1).astype(np.float32) ** 0.8
 
 
 def _solid(size, rng):
@@ -310,10 +324,13 @@ def render_material(material: Material, rng: np.random.Generator, size: int = 64
     return np.clip(img, 0, 1).astype(np.float32)
 
 
-def sample(rng: np.random.Generator, size: int = 64, **kwargs) -> tuple[np.ndarray, str, Material]:
-    """One random training example: (image [size, size, 3], caption, material)."""
+def sample(rng: np.random.Generator, size: int = 64, bare_prob: float = 0.15,
+           **kwargs) -> tuple[np.ndarray, str, Material]:
+    """One random training example: (image [size, size, 3], caption, material). `bare_prob` of
+    the single-colour swatches get a caption that names the pattern alone (see `_BARE`)."""
     material = random_material(rng, **kwargs)
-    return render_material(material, rng, size), material.caption(rng), material
+    bare = bool(rng.random() < bare_prob)
+    return render_material(material, rng, size), material.caption(rng, bare=bare), material
 
 
 def held_out_captions() -> list[tuple[str, Material]]:
@@ -321,5 +338,18 @@ def held_out_captions() -> list[tuple[str, Material]]:
     return [(_ONE[pattern][0].format(c=colour), Material(pattern, colour)) for colour, pattern in HELD_OUT]
 
 
+def seen_captions(n: int = 20) -> list[tuple[str, Material]]:
+    """`n` captions of pairs that *are* drawn in training, in the held-out captions' form, spread
+    over every pattern family: the control for the held-out evaluation (a model that misses these
+    has not learned the patterns; one that only misses the held-out ones fails to compose)."""
+    out: list[tuple[str, Material]] = []
+    for k in range(n):
+        pattern = PATTERNS[k % len(PATTERNS)]
+        colours = [c for c in COLOURS if allowed(c, pattern)]
+        colour = colours[(k // len(PATTERNS) * 5 + k) % len(colours)]
+        out.append((_ONE[pattern][0].format(c=colour), Material(pattern, colour)))
+    return out
+
+
 __all__ = ["COLOURS", "HELD_OUT", "Material", "OBJECTS", "PALETTE", "PATTERNS", "held_out_captions",
-           "nearest_colour", "random_material", "render_material", "sample", "shade_of", "vocabulary_words"]
+           "nearest_colour", "random_material", "render_material", "sample", "seen_captions", "shade_of", "vocabulary_words"]
