@@ -352,4 +352,5 @@ def seen_captions(n: int = 20) -> list[tuple[str, Material]]:
 
 
 __all__ = ["COLOURS", "HELD_OUT", "Material", "OBJECTS", "PALETTE", "PATTERNS", "held_out_captions",
-           "nearest_colour", "random_material", "render_material", "sample", "seen_captions", "shade_of", "vocabulary_words"]
+           "nearest_colour", "random_material", "render_material", "sample", "seen_captions", "shade_of",
+           "vocabulary_words"]
