@@ -18,8 +18,12 @@ from core.guidance.prompts import PromptEncoder
 
 def ddim_sample(stage: StageModel, text: torch.Tensor, uncond: torch.Tensor, shape: tuple[int, ...], steps: int,
                 guidance: float, gen: torch.Generator, cond: torch.Tensor | None = None,
-                class_labels: torch.Tensor | None = None) -> torch.Tensor:
-    """DDIM (eta 0) with CFG; returns x0 in [-1, 1]. `text`/`uncond` are [B, L, D]."""
+                class_labels: torch.Tensor | None = None, eta: float = 0.0) -> torch.Tensor:
+    """DDIM with CFG; returns x0 in [-1, 1]. `text`/`uncond` are [B, L, D].
+
+    `eta` 0 is deterministic DDIM, 1 the ancestral (DDPM-like) variance; the noise it injects is
+    drawn from `gen`, so a seed still fixes the result.
+    """
     from diffusers import DDIMScheduler
 
     sched = DDIMScheduler.from_config(stage.scheduler.config)
@@ -35,7 +39,8 @@ def ddim_sample(stage: StageModel, text: torch.Tensor, uncond: torch.Tensor, sha
         # use_clipped_model_output: re-derive eps from the thresholded x0. Without it DDIM steps
         # with the *unclipped* guided eps, whose x0 component then outweighs the clipped x0 and
         # flips the guidance at high scales (red captions sampled blue).
-        x = sched.step(e_u + guidance * (e_t - e_u), t, x, use_clipped_model_output=True).prev_sample
+        x = sched.step(e_u + guidance * (e_t - e_u), t, x, eta=eta, use_clipped_model_output=True,
+                       generator=gen).prev_sample
     return x.clamp(-1, 1)
 
 
@@ -60,13 +65,13 @@ class CascadeSampler:
         return text, self._encode([""]).expand_as(text)
 
     def sample(self, prompts: list[str], *, seed: int = 0, steps1: int = 50, steps2: int = 25,
-               guidance1: float = 5.0, guidance2: float = 3.0, noise_level: int = 100,
+               guidance1: float = 5.0, guidance2: float = 3.0, noise_level: int = 100, eta1: float = 0.0,
                return_low: bool = False):
         """[N, 3, 64, 64] images in [0, 1] (and the stage-I [N, 3, 32, 32] ones if return_low)."""
         gen = torch.Generator().manual_seed(seed)
         text, uncond = self.encode(prompts)
         n, r1, r2 = len(prompts), self.stage1.resolution, self.stage2.resolution
-        low = ddim_sample(self.stage1, text, uncond, (n, 3, r1, r1), steps1, guidance1, gen)
+        low = ddim_sample(self.stage1, text, uncond, (n, 3, r1, r1), steps1, guidance1, gen, eta=eta1)
         up = F.interpolate(low, size=(r2, r2), mode="nearest")
         level = torch.full((n,), noise_level, dtype=torch.long)
         cond = self.stage2.noising_scheduler.add_noise(up, torch.randn(up.shape, generator=gen), level)
